@@ -1,0 +1,3 @@
+"""Lightning callbacks that steer training (EMA teachers, curricula, data mixing)."""
+
+__all__: list[str] = []

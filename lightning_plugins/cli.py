@@ -1,0 +1,44 @@
+"""The ``lightning-plugins`` command: a LightningCLI over every module and datamodule."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+# Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes).
+import lightning_plugins.callbacks
+import lightning_plugins.datamodules
+import lightning_plugins.losses
+import lightning_plugins.modules  # noqa: F401
+
+__all__ = ["main"]
+
+
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Run the command line: ``lightning-plugins fit --config examples/configs/clip_shapes.yaml``.
+
+    Any LightningModule and LightningDataModule subclass is accepted (``--model CLIP``,
+    ``--data SyntheticShapes`` or a full class path), and any callback goes under
+    ``trainer.callbacks``. Optimizer and scheduler are arguments of the module.
+
+    Args:
+        args: arguments instead of ``sys.argv``.
+        run: run the subcommand (``False`` only parses and instantiates).
+
+    Returns:
+        The ``LightningCLI`` object, with ``model``, ``datamodule`` and ``trainer``.
+    """
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""SyntheticShapes: procedural image-text pairs with concept annotations, no download."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_plugins.datamodules.shapes_scene import (
+    COLORS,
+    SHAPES,
+    SceneObject,
+    caption_for,
+    concept_name,
+    draw_scene,
+    num_caption_templates,
+    zipf_probabilities,
+)
+
+__all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
+
+ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("a {}", "a picture of a {}", "an image with a {}")
+_STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 to a ``[3, H, W]`` float tensor scaled to [-1, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def _layout(rng: np.random.Generator, concepts: list[int], image_size: int) -> list[SceneObject]:
+    """Place ``concepts`` in distinct cells of a 2x2 grid with jitter and size variation."""
+    scale = image_size / 32
+    cells = rng.permutation(4)[: len(concepts)]
+    jitter = rng.uniform(-2.0, 2.0, size=(len(concepts), 2)) * scale
+    radii = rng.uniform(4.5, 6.5, size=len(concepts)) * scale
+    return [
+        SceneObject(int(c), int(cell), float(jx), float(jy), float(r))
+        for c, cell, (jx, jy), r in zip(concepts, cells, jitter, radii, strict=True)
+    ]
+
+
+class ShapesPairs(Dataset):
+    """Image-caption pairs of 1-4 coloured shapes, deterministic from ``(seed, index)``.
+
+    Concepts are drawn independently per object from ``probabilities``. Each sample is a
+    dict with ``image`` (``[3, H, W]`` float in [-1, 1]), ``caption`` (str), ``concepts``
+    (``[max_objects]`` int64 concept ids, padded with -1; one entry per object, so
+    duplicates encode multiplicity) and ``index`` (int64).
+
+    Args:
+        size: number of samples.
+        probabilities: concept probabilities, summing to 1.
+        seed: seed of the whole dataset.
+        stream: distinguishes datasets drawn with the same seed (train, validation).
+        image_size: side of the square images in pixels.
+        min_objects: fewest objects per image.
+        max_objects: most objects per image (at most 4).
+
+    Example:
+        >>> ds = ShapesPairs(10, zipf_probabilities(64, 1.0), seed=0)
+        >>> sample = ds[3]
+        >>> sample["image"].shape, sample["concepts"].shape
+        (torch.Size([3, 32, 32]), torch.Size([4]))
+        >>> ds.concepts(3) == [c for c in sample["concepts"].tolist() if c >= 0]
+        True
+    """
+
+    def __init__(
+        self,
+        size: int,
+        probabilities: np.ndarray,
+        seed: int = 0,
+        stream: int = _STREAM_TRAIN,
+        image_size: int = 32,
+        min_objects: int = 1,
+        max_objects: int = 4,
+    ) -> None:
+        self.size = size
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.seed = seed
+        self.stream = stream
+        self.image_size = image_size
+        self.min_objects = min_objects
+        self.max_objects = max_objects
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _rng(self, index: int, part: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.stream, index, part])
+
+    def _metadata(self, index: int) -> tuple[list[int], int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        rng = self._rng(index, 0)
+        count = int(rng.integers(self.min_objects, self.max_objects + 1))
+        concepts = rng.choice(len(self.probabilities), size=count, p=self.probabilities)
+        return concepts.tolist(), int(rng.integers(num_caption_templates()))
+
+    def concepts(self, index: int) -> list[int]:
+        """Concept ids of sample ``index`` (one per object), computed without drawing."""
+        return self._metadata(index)[0]
+
+    def caption(self, index: int) -> str:
+        """Caption of sample ``index``, computed without drawing."""
+        return caption_for(*self._metadata(index))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        concepts, template = self._metadata(index)
+        rng = self._rng(index, 1)
+        noise = rng.uniform(-1.0, 1.0, size=(self.image_size, self.image_size, 3))
+        image = draw_scene(_layout(rng, concepts, self.image_size), self.image_size, noise)
+        padded = torch.full((self.max_objects,), -1, dtype=torch.long)
+        padded[: len(concepts)] = torch.as_tensor(concepts, dtype=torch.long)
+        return {
+            "image": _to_tensor(image),
+            "caption": caption_for(concepts, template),
+            "concepts": padded,
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+
+
+class ShapesClassification(Dataset):
+    """Single-object images balanced over all concepts, for zero-shot classification.
+
+    Sample ``i`` shows concept ``i % num_concepts``. Each sample is a dict with
+    ``image``, ``label`` (int64 concept id) and ``index`` (int64).
+
+    Example:
+        >>> ds = ShapesClassification(128, num_concepts=64, seed=0)
+        >>> int(ds[70]["label"])
+        6
+    """
+
+    def __init__(self, size: int, num_concepts: int, seed: int = 0, image_size: int = 32) -> None:
+        self.size = size
+        self.num_concepts = num_concepts
+        self.seed = seed
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        label = index % self.num_concepts
+        rng = np.random.default_rng([self.seed, _STREAM_ZERO_SHOT, index])
+        noise = rng.uniform(-1.0, 1.0, size=(self.image_size, self.image_size, 3))
+        image = draw_scene(_layout(rng, [label], self.image_size), self.image_size, noise)
+        return {
+            "image": _to_tensor(image),
+            "label": torch.tensor(label, dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+
+
+class SyntheticShapes(pl.LightningDataModule):
+    """Built-in image-text data with long-tailed concepts; needs no download.
+
+    Images (default 32x32) hold 1-4 objects, each one of 64 concepts (8 shapes x 8
+    colours) drawn from a Zipf-like distribution, so rare concepts are rare. Captions
+    name each object with its count ("two red circles and a blue star").
+
+    Training batches carry ``image``, ``caption``, ``concepts`` and ``index``; the module
+    tokenizes ``caption`` into ``text``. Validation has two dataloaders: single-object
+    images balanced over all concepts, with ``label``, for zero-shot classification
+    (class names in ``class_names``, prompts in ``templates``, the rarest quarter of
+    concepts in ``class_groups["rare"]``), and multi-object image-caption pairs for
+    retrieval.
+
+    Args:
+        batch_size: samples per batch and process.
+        num_workers: dataloader worker processes.
+        train_size: training samples per epoch.
+        zero_shot_size: single-object validation images (a multiple of 64 keeps it balanced).
+        retrieval_size: image-caption pairs for retrieval validation.
+        image_size: side of the square images in pixels (at least 16).
+        max_objects: most objects per training image, 1 to 4.
+        zipf_exponent: long-tail strength; 0 is uniform.
+        seed: seed of all data.
+
+    Raises:
+        ValueError: for sizes below 1, ``max_objects`` outside 1-4, ``image_size`` below
+            16 or a negative ``zipf_exponent``.
+
+    Example:
+        >>> dm = SyntheticShapes(batch_size=8, train_size=32)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> sorted(batch), batch["image"].shape
+        (['caption', 'concepts', 'image', 'index'], torch.Size([8, 3, 32, 32]))
+        >>> len(dm.class_names), len(dm.class_groups["rare"])
+        (64, 16)
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        train_size: int = 20_000,
+        zero_shot_size: int = 640,
+        retrieval_size: int = 512,
+        image_size: int = 32,
+        max_objects: int = 4,
+        zipf_exponent: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("batch_size", batch_size),
+            ("train_size", train_size),
+            ("zero_shot_size", zero_shot_size),
+            ("retrieval_size", retrieval_size),
+        ):
+            if value < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {value}.")
+        if num_workers < 0:
+            raise ValueError(f"`num_workers` must be non-negative, got {num_workers}.")
+        if not 1 <= max_objects <= 4:
+            raise ValueError(f"`max_objects` must be in 1..4 (a 2x2 grid), got {max_objects}.")
+        if image_size < 16:
+            raise ValueError(f"`image_size` must be at least 16 pixels, got {image_size}.")
+        if zipf_exponent < 0:
+            raise ValueError(f"`zipf_exponent` must be non-negative, got {zipf_exponent}.")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.num_concepts = len(SHAPES) * len(COLORS)
+        self.probabilities = zipf_probabilities(self.num_concepts, zipf_exponent)
+        self.class_names: list[str] = [concept_name(c) for c in range(self.num_concepts)]
+        self.templates: list[str] = list(ZERO_SHOT_TEMPLATES)
+        by_frequency = np.argsort(self.probabilities, kind="stable")
+        self.class_groups: dict[str, list[int]] = {
+            "rare": sorted(by_frequency[: self.num_concepts // 4].tolist())
+        }
+        self.train_set = ShapesPairs(
+            train_size, self.probabilities, seed, _STREAM_TRAIN, image_size, 1, max_objects
+        )
+        self.retrieval_set = ShapesPairs(
+            retrieval_size,
+            self.probabilities,
+            seed,
+            _STREAM_RETRIEVAL,
+            image_size,
+            min(2, max_objects),
+            max_objects,
+        )
+        self.zero_shot_set = ShapesClassification(
+            zero_shot_size, self.num_concepts, seed, image_size
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled image-caption pairs."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Zero-shot classification images, then retrieval pairs."""
+        return [self._loader(self.zero_shot_set, False), self._loader(self.retrieval_set, False)]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The validation sets."""
+        return self.val_dataloader()

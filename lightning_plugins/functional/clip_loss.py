@@ -1,0 +1,72 @@
+"""Symmetric InfoNCE (CLIP) loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lightning_plugins.functional._checks import (
+    apply_reduction,
+    check_feature_pair,
+    check_reduction,
+)
+
+__all__ = ["clip_loss"]
+
+
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    all_image_features: torch.Tensor | None = None,
+    all_text_features: torch.Tensor | None = None,
+    label_offset: int = 0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Symmetric image-text cross-entropy, as open_clip's ``ClipLoss``.
+
+    Each local image ``i`` is scored against every text in ``all_text_features`` and must
+    pick text ``label_offset + i``; likewise each local text against every image. The
+    per-sample loss is the mean of the two cross-entropies.
+
+    With ``all_*`` left ``None`` the local batch is the whole batch. Under data
+    parallelism pass the features gathered from all ranks (with gradient) and
+    ``label_offset = rank * local_batch``: the "local loss" form, whose mean over ranks
+    equals the loss over the global batch.
+
+    Args:
+        image_features: ``[B, D]`` local image embeddings, L2-normalised.
+        text_features: ``[B, D]`` local text embeddings, L2-normalised; row ``i`` is the
+            caption of image ``i``.
+        logit_scale: the temperature's inverse, already exponentiated (scalar).
+        all_image_features: ``[N, D]`` images of the global batch, or ``None``.
+        all_text_features: ``[N, D]`` texts of the global batch, or ``None``.
+        label_offset: position of the local rows inside the global batch.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` per-sample losses).
+
+    Returns:
+        The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> img = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> clip_loss(img, img, logit_scale=100.0) < 1e-3  # perfectly aligned pairs
+        tensor(True)
+        >>> clip_loss(img, img.roll(1, 0), logit_scale=100.0) > 1.0
+        tensor(True)
+    """
+    check_reduction(reduction)
+    check_feature_pair(image_features, text_features)
+    all_images = image_features if all_image_features is None else all_image_features
+    all_texts = text_features if all_text_features is None else all_text_features
+    logits_per_image = logit_scale * image_features @ all_texts.T
+    logits_per_text = logit_scale * text_features @ all_images.T
+    labels = torch.arange(image_features.shape[0], device=image_features.device) + label_offset
+    per_sample = (
+        F.cross_entropy(logits_per_image, labels, reduction="none")
+        + F.cross_entropy(logits_per_text, labels, reduction="none")
+    ) / 2
+    return apply_reduction(per_sample, reduction)

@@ -1,0 +1,6 @@
+"""Loss modules with open_clip's call signature; plain PyTorch, no Lightning."""
+
+from lightning_plugins.losses.clip import ClipLoss
+from lightning_plugins.losses.siglip import SigLipLoss
+
+__all__ = ["ClipLoss", "SigLipLoss"]

@@ -1,0 +1,80 @@
+"""Image-text retrieval Recall@K as a torchmetrics ``Metric``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_plugins.functional import first_occurrence, retrieval_recall
+
+__all__ = ["ImageTextRetrieval"]
+
+
+class ImageTextRetrieval(Metric):
+    """Recall@K of image→text and text→image retrieval over a whole evaluation set.
+
+    Stores the embeddings of every pair and, at ``compute``, ranks each query against
+    all candidates in row chunks, so a large set never builds an ``N x N`` matrix. Under
+    DDP the embeddings of all ranks are gathered first; pairs repeated by a distributed
+    sampler's padding are dropped by their dataset ``index``.
+
+    Args:
+        top_k: the K values.
+        chunk_size: query rows scored at once.
+
+    Example:
+        >>> metric = ImageTextRetrieval(top_k=(1,))
+        >>> feats = torch.eye(3)
+        >>> metric.update(feats, feats, index=torch.arange(3))
+        >>> metric.update(feats[:1], feats[:1], index=torch.tensor([0]))  # padding repeat
+        >>> {k: round(v.item(), 3) for k, v in metric.compute().items()}
+        {'i2t_R@1': 1.0, 't2i_R@1': 1.0}
+    """
+
+    full_state_update = False
+
+    def __init__(self, top_k: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not top_k or min(top_k) < 1:
+            raise ValueError(f"`top_k` must be non-empty positive integers, got {tuple(top_k)}.")
+        if chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
+        self.top_k = tuple(top_k)
+        self.chunk_size = chunk_size
+        self.add_state("image_features", default=[], dist_reduce_fx="cat")
+        self.add_state("text_features", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        index: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch of paired, normalised embeddings and their dataset indices."""
+        if image_features.shape != text_features.shape:
+            raise ValueError(
+                "`image_features` and `text_features` must have equal shapes, got "
+                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}."
+            )
+        if index is None:
+            index = torch.full((image_features.shape[0],), -1, dtype=torch.long)
+        self.image_features.append(image_features.detach().float())
+        self.text_features.append(text_features.detach().float())
+        self.index.append(index.to(device=image_features.device, dtype=torch.long))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Recall@K per direction, keyed ``i2t_R@K`` and ``t2i_R@K``."""
+        images = dim_zero_cat(self.image_features)
+        texts = dim_zero_cat(self.text_features)
+        index = dim_zero_cat(self.index)
+        if (index >= 0).all():
+            keep = first_occurrence(index)
+            images, texts = images[keep], texts[keep]
+        i2t, t2i = retrieval_recall(images, texts, self.top_k, self.chunk_size)
+        out = {f"i2t_R@{k}": v for k, v in zip(self.top_k, i2t, strict=True)}
+        out.update({f"t2i_R@{k}": v for k, v in zip(self.top_k, t2i, strict=True)})
+        return out

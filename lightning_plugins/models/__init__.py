@@ -1,0 +1,10 @@
+"""Image-text models (open_clip, timm + Hugging Face) and their tokenizers."""
+
+from lightning_plugins.models.image_text_model import (
+    create_image_text_model,
+    create_tokenizer,
+    list_model_names,
+    shipped_model_names,
+)
+
+__all__ = ["create_image_text_model", "create_tokenizer", "list_model_names", "shipped_model_names"]

@@ -1,0 +1,256 @@
+"""Build open_clip image-text models and their tokenizers, offline-first.
+
+Two sources: an open_clip config name (built-in, or one of the small configs shipped in
+``lightning_plugins/model_configs``) with optional pretrained weights, or a timm image
+tower plus a Hugging Face text tower. Both give an open_clip ``CLIP`` /
+``CustomTextCLIP`` with ``encode_image``, ``encode_text``, ``logit_scale`` (log space) and
+``logit_bias``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+__all__ = ["create_image_text_model", "create_tokenizer", "list_model_names", "shipped_model_names"]
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+
+
+def shipped_model_names() -> list[str]:
+    """Names of the small open_clip configs shipped with this package.
+
+    Example:
+        >>> "ViT-Tiny-P4-32" in shipped_model_names()
+        True
+    """
+    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+def _register_shipped_configs() -> None:
+    if not set(shipped_model_names()) <= set(open_clip.list_models()):
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def list_model_names() -> list[str]:
+    """Every open_clip config name usable as ``model_name``, shipped ones included."""
+    _register_shipped_configs()
+    return open_clip.list_models()
+
+
+def _looks_like_path(value: str) -> bool:
+    """Whether ``value`` reads as a filesystem path rather than a tag or hub id."""
+    suffixes = {".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz"}
+    return (
+        value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in suffixes
+    )
+
+
+def _check_model_name(model_name: str) -> None:
+    names = list_model_names()
+    if model_name not in names:
+        close = difflib.get_close_matches(model_name, names, n=5, cutoff=0.5)
+        hint = f" Close matches: {close}." if close else ""
+        raise ValueError(
+            f"`model_name`={model_name!r} is not an open_clip config.{hint} Shipped small "
+            f"configs: {shipped_model_names()}; see open_clip.list_models() for all."
+        )
+
+
+def _check_pretrained(model_name: str, pretrained: str) -> None:
+    if os.path.isfile(pretrained):
+        return
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained in tags:
+        return
+    raise ValueError(
+        f"`pretrained`={pretrained!r} is neither an existing file nor a pretrained tag of "
+        f"{model_name!r} (tags: {tags or 'none'})."
+    )
+
+
+def _text_width(text_tower: str) -> int:
+    from open_clip.hf_configs import arch_dict
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(text_tower)
+    if config.model_type not in arch_dict:
+        raise ValueError(
+            f"`text_tower`={text_tower!r} has model type {config.model_type!r}; open_clip's "
+            f"Hugging Face adapter supports {sorted(arch_dict)}."
+        )
+    return int(getattr(config, arch_dict[config.model_type]["config_names"]["width"]))
+
+
+def _check_text_tower(text_tower: str) -> None:
+    if os.path.isdir(text_tower):
+        if not (Path(text_tower) / "config.json").is_file():
+            raise ValueError(
+                f"`text_tower`={text_tower!r} is a folder without a Hugging Face config.json."
+            )
+        return
+    if _looks_like_path(text_tower):
+        raise ValueError(f"`text_tower`={text_tower!r} is not an existing folder.")
+
+
+def _timm_feature_width(image_tower: str) -> int:
+    import timm
+
+    return int(timm.create_model(image_tower, pretrained=False, num_classes=0).num_features)
+
+
+def create_image_text_model(
+    model_name: str | None = None,
+    pretrained: str | None = None,
+    *,
+    image_tower: str | None = None,
+    image_tower_weights: str | None = None,
+    text_tower: str | None = None,
+    text_tower_pretrained: bool = True,
+    embed_dim: int | None = 512,
+    image_size: int | None = None,
+    init_logit_scale: float,
+    init_logit_bias: float | None = None,
+) -> nn.Module:
+    """Create an open_clip model from a config name or from a timm and a HF tower.
+
+    Give either ``model_name`` (optionally with ``pretrained``) or both ``image_tower`` and
+    ``text_tower``. Nothing is downloaded unless a name asks for hub weights: local files
+    and folders are used as they are.
+
+    Args:
+        model_name: open_clip config name, e.g. ``"ViT-B-32"`` or a shipped
+            ``"ViT-Tiny-P4-32"``.
+        pretrained: a local checkpoint file, or an open_clip pretrained tag (downloads).
+        image_tower: timm model name for the image tower.
+        image_tower_weights: local file with weights for the timm trunk.
+        text_tower: Hugging Face model folder or hub name for the text tower.
+        text_tower_pretrained: load the text tower's weights (else random init from its
+            config).
+        embed_dim: joint embedding size; both towers get a linear projection to it.
+            ``None`` uses the towers' own widths, which must then be equal.
+        image_size: input size of the image tower (overrides the config's).
+        init_logit_scale: initial ``logit_scale`` in log space.
+        init_logit_bias: initial ``logit_bias``; ``None`` for no bias parameter.
+
+    Returns:
+        An open_clip ``CLIP`` or ``CustomTextCLIP``.
+
+    Raises:
+        ValueError: unknown ``model_name``, a ``pretrained`` that is neither a file nor a
+            tag, a missing tower folder or weights file, towers of unequal width with
+            ``embed_dim=None``, or an inconsistent combination of arguments.
+
+    Example:
+        >>> model = create_image_text_model("ViT-Micro-P8-32", init_logit_scale=2.0)
+        >>> model.encode_image(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
+        >>> create_image_text_model("ViT-Micro-P9", init_logit_scale=2.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `model_name`='ViT-Micro-P9' is not an open_clip config. Close matches: ...
+    """
+    if embed_dim is not None and embed_dim < 1:
+        raise ValueError(f"`embed_dim` must be positive or None, got {embed_dim}.")
+    logit_kwargs = {"init_logit_scale": init_logit_scale, "init_logit_bias": init_logit_bias}
+    if model_name is not None:
+        if image_tower is not None or text_tower is not None:
+            raise ValueError(
+                "Give either `model_name` or `image_tower` + `text_tower`, not both "
+                f"(got model_name={model_name!r}, image_tower={image_tower!r}, "
+                f"text_tower={text_tower!r})."
+            )
+        _check_model_name(model_name)
+        if pretrained is not None:
+            _check_pretrained(model_name, pretrained)
+        return open_clip.create_model(
+            model_name,
+            pretrained=pretrained,
+            force_image_size=image_size,
+            pretrained_text=False,
+            **logit_kwargs,
+        )
+    if image_tower is None or text_tower is None:
+        raise ValueError(
+            "Give `model_name`, or both `image_tower` (a timm name) and `text_tower` (a Hugging "
+            f"Face name or folder); got image_tower={image_tower!r}, text_tower={text_tower!r}."
+        )
+    if pretrained is not None:
+        raise ValueError(
+            f"`pretrained`={pretrained!r} applies to `model_name`; for towers use "
+            "`image_tower_weights` and `text_tower_pretrained`."
+        )
+    if image_tower_weights is not None and not os.path.isfile(image_tower_weights):
+        raise ValueError(f"`image_tower_weights`={image_tower_weights!r} is not an existing file.")
+    _check_text_tower(text_tower)
+    text_width = _text_width(text_tower)
+    if embed_dim is None:
+        image_width = _timm_feature_width(image_tower)
+        if image_width != text_width:
+            raise ValueError(
+                f"`embed_dim`=None needs towers of equal width, but image tower {image_tower!r} "
+                f"gives {image_width} and text tower {text_tower!r} gives {text_width}. Set "
+                "`embed_dim` to project both to a joint size."
+            )
+    joint = embed_dim if embed_dim is not None else text_width
+    vision_cfg = {
+        "timm_model_name": image_tower,
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear" if embed_dim is not None else "none",
+        "image_size": image_size or 224,
+    }
+    text_cfg = {
+        "hf_model_name": text_tower,
+        "hf_tokenizer_name": text_tower,
+        "hf_model_pretrained": text_tower_pretrained,
+        "hf_proj_type": "linear" if embed_dim is not None else None,
+        "hf_pooler_type": "mean_pooler",
+    }
+    model = open_clip.CustomTextCLIP(
+        embed_dim=joint, vision_cfg=vision_cfg, text_cfg=text_cfg, **logit_kwargs
+    )
+    if image_tower_weights is not None:
+        state = torch.load(image_tower_weights, map_location="cpu", weights_only=True)
+        missing, unexpected = model.visual.trunk.load_state_dict(state, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith(("head.", "fc.", "classifier."))]
+        if missing or unexpected:
+            raise ValueError(
+                f"`image_tower_weights`={image_tower_weights!r} does not fit {image_tower!r}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+    return model
+
+
+def create_tokenizer(
+    model_name: str | None = None,
+    text_tower: str | None = None,
+    context_length: int | None = None,
+) -> Callable[[list[str]], torch.Tensor]:
+    """The tokenizer that belongs to a model built by :func:`create_image_text_model`.
+
+    Args:
+        model_name: open_clip config name.
+        text_tower: Hugging Face model folder or hub name.
+        context_length: tokens per caption; the config's (open_clip) or 77 (HF) if None.
+
+    Returns:
+        A callable mapping a list of strings to ``[N, context_length]`` int64 token ids.
+
+    Example:
+        >>> tokenize = create_tokenizer("ViT-Micro-P8-32")
+        >>> tokenize(["a red circle", "two blue stars"]).shape
+        torch.Size([2, 16])
+    """
+    if model_name is not None:
+        _check_model_name(model_name)
+        return open_clip.get_tokenizer(model_name, context_length=context_length)
+    if text_tower is None:
+        raise ValueError("Give `model_name` or `text_tower` to build a tokenizer.")
+    return open_clip.tokenizer.HFTokenizer(text_tower, context_length=context_length or 77)

@@ -1,0 +1,372 @@
+"""ContrastiveImageText: the LightningModule behind CLIP and SigLIP training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_plugins.metrics import ImageTextRetrieval, ZeroShotAccuracy
+from lightning_plugins.models import create_image_text_model, create_tokenizer
+
+__all__ = ["ContrastiveImageText"]
+
+_DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class ContrastiveImageText(pl.LightningModule):
+    """Contrastive image-text training of an open_clip model with any contrastive loss.
+
+    The model comes from an open_clip config name (``model_name``, with ``pretrained`` a
+    local checkpoint or an open_clip tag), or from a timm image tower plus a Hugging Face
+    text tower (``image_tower`` + ``text_tower``). Batches are dicts with ``image`` and
+    either ``text`` (token ids) or ``caption`` (strings, tokenized here before transfer).
+
+    Training reduces :meth:`per_sample_loss`, so callbacks that weight or select samples
+    see the very loss that is optimised. After every optimizer step the logit scale is
+    clamped to ``[0, ln max_logit_scale]``. Norms, biases, and the logit scale and bias
+    get no weight decay (open_clip's rule, see :meth:`no_weight_decay`).
+
+    Validation (and test) batches are dispatched by their keys: a batch with ``label`` is
+    scored for zero-shot classification (class-name prompts averaged over templates),
+    one with ``text`` or ``caption`` for image-text retrieval (Recall@1/5/10). Class names,
+    templates and class groups come from the arguments or, when those are ``None``, from
+    the datamodule's ``class_names``, ``templates`` and ``class_groups``.
+
+    Args:
+        loss: contrastive loss with open_clip's call signature.
+        init_logit_scale: initial logit scale in log space.
+        init_logit_bias: initial logit bias, or ``None`` for none.
+        model_name: open_clip config name (e.g. ``"ViT-B-32"`` or the shipped
+            ``"ViT-Tiny-P4-32"``).
+        pretrained: local checkpoint file or open_clip pretrained tag for ``model_name``.
+        image_tower: timm model name (with ``text_tower``, instead of ``model_name``).
+        image_tower_weights: local weights file for the timm trunk.
+        text_tower: Hugging Face model folder or hub name.
+        text_tower_pretrained: load the text tower's pretrained weights.
+        embed_dim: joint embedding size for timm + HF towers; ``None`` keeps the towers'
+            widths (which must then match).
+        image_size: image tower input size (overrides the config's).
+        context_length: tokens per caption (default: the model's).
+        max_logit_scale: upper clamp of the exponentiated logit scale.
+        lock_image: freeze the image tower (and keep it in eval mode), as in LiT.
+        lock_text: freeze the text tower (and keep it in eval mode).
+        optimizer: optimizer factory taking parameter groups.
+        lr_scheduler: LR scheduler factory, stepped every ``lr_scheduler_interval``.
+        lr_scheduler_interval: ``"step"`` or ``"epoch"``.
+        zero_shot_classes: class names for zero-shot validation.
+        zero_shot_templates: prompt templates with one ``{}`` for the class name.
+        zero_shot_groups: named subsets of class ids reported separately.
+        eval_chunk_size: rows scored at once by retrieval and prompts encoded at once.
+
+    Raises:
+        ValueError: for an unknown model, a missing checkpoint or tower, towers of unequal
+            width, an empty class list, a template without ``{}``, ``max_logit_scale`` not
+            above 1, an unknown scheduler interval, or locking both towers.
+
+    Example:
+        >>> from lightning_plugins.losses import ClipLoss
+        >>> module = ContrastiveImageText(ClipLoss(), init_logit_scale=2.0,
+        ...                               model_name="ViT-Micro-P8-32")
+        >>> batch = {"image": torch.randn(4, 3, 32, 32),
+        ...          "caption": ["a red circle", "a blue star", "two green bars", "a ring"]}
+        >>> batch = module.on_before_batch_transfer(batch, 0)
+        >>> module.per_sample_loss(batch).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        init_logit_scale: float,
+        init_logit_bias: float | None = None,
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        image_tower: str | None = None,
+        image_tower_weights: str | None = None,
+        text_tower: str | None = None,
+        text_tower_pretrained: bool = True,
+        embed_dim: int | None = 512,
+        image_size: int | None = None,
+        context_length: int | None = None,
+        max_logit_scale: float = 100.0,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "step",
+        zero_shot_classes: list[str] | None = None,
+        zero_shot_templates: list[str] | None = None,
+        zero_shot_groups: dict[str, list[int]] | None = None,
+        eval_chunk_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if not isinstance(loss, nn.Module):
+            raise TypeError(f"`loss` must be a torch.nn.Module, got {type(loss).__name__}.")
+        if not max_logit_scale > 1:
+            raise ValueError(f"`max_logit_scale` must be above 1, got {max_logit_scale}.")
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(
+                f"`lr_scheduler_interval` must be 'step' or 'epoch', got {lr_scheduler_interval!r}."
+            )
+        if lock_image and lock_text:
+            raise ValueError("`lock_image` and `lock_text` are both True: nothing would train.")
+        if zero_shot_classes is not None and len(zero_shot_classes) == 0:
+            raise ValueError("`zero_shot_classes` is empty; give class names or None.")
+        if zero_shot_templates is not None:
+            _check_templates(zero_shot_templates)
+        if eval_chunk_size < 1:
+            raise ValueError(f"`eval_chunk_size` must be at least 1, got {eval_chunk_size}.")
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.model = create_image_text_model(
+            model_name,
+            pretrained,
+            image_tower=image_tower,
+            image_tower_weights=image_tower_weights,
+            text_tower=text_tower,
+            text_tower_pretrained=text_tower_pretrained,
+            embed_dim=embed_dim,
+            image_size=image_size,
+            init_logit_scale=init_logit_scale,
+            init_logit_bias=init_logit_bias,
+        )
+        self.tokenizer = create_tokenizer(model_name, text_tower, context_length)
+        if lock_image:
+            self.model.visual.requires_grad_(False)
+        if lock_text:
+            for name, param in self.model.named_parameters():
+                if not name.startswith("visual.") and "logit_" not in name:
+                    param.requires_grad_(False)
+        self._zero_shot_classifier: torch.Tensor | None = None
+        self.retrieval = ImageTextRetrieval(chunk_size=eval_chunk_size)
+        self.zero_shot: ZeroShotAccuracy | None = None
+
+    # ----------------------------------------------------------------- model
+    def _text_modules(self) -> Iterator[nn.Module]:
+        return (m for name, m in self.model.named_children() if name != "visual")
+
+    @override
+    def train(self, mode: bool = True) -> ContrastiveImageText:
+        """Set train mode, keeping locked towers in eval mode (dropout, norm statistics)."""
+        super().train(mode)
+        if self.hparams.lock_image:
+            self.model.visual.eval()
+        if self.hparams.lock_text:
+            for module in self._text_modules():
+                module.eval()
+        return self
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``[B, D]``."""
+        return F.normalize(self.model.encode_image(image), dim=-1)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, D]`` from token ids."""
+        return F.normalize(self.model.encode_text(text), dim=-1)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The exponentiated logit scale."""
+        return self.model.logit_scale.exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """The logit bias, or ``None``."""
+        return getattr(self.model, "logit_bias", None)
+
+    @override
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image and text embeddings."""
+        return self.encode_image(image), self.encode_text(text)
+
+    # ------------------------------------------------------------------ data
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Tokenize ``caption`` into ``text`` when a batch has no token ids yet."""
+        if isinstance(batch, dict) and "text" not in batch and "caption" in batch:
+            batch = dict(batch)
+            batch["text"] = self.tokenizer(list(batch["caption"]))
+        return batch
+
+    # ------------------------------------------------------------------ loss
+    def per_sample_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The contrastive loss of each local pair against the global batch, ``[B]``.
+
+        Its mean is the training loss.
+        """
+        image_features, text_features = self(batch["image"], batch["text"])
+        return self.loss(
+            image_features, text_features, self.logit_scale, self.logit_bias, reduction="none"
+        )
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.per_sample_loss(batch).mean()
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/logit_scale", self.logit_scale.detach(), batch_size=batch_size)
+        return loss
+
+    # ------------------------------------------------------------ optimizer
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Whether a parameter is exempt from weight decay (open_clip's rule).
+
+        Override to change the policy. Default: 0- and 1-D tensors (norm weights, biases,
+        the logit scale and bias, class embeddings) and names with ``bn``, ``ln``,
+        ``bias`` or ``logit_scale``.
+        """
+        return (
+            param.ndim < 2
+            or "bn" in name
+            or "ln" in name
+            or "bias" in name
+            or "logit_scale" in name
+        )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters split into a decayed and a non-decayed group."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if self.no_weight_decay(name, param) else decay).append(param)
+        if not decay and not no_decay:
+            raise ValueError("The model has no trainable parameters; check lock_image/lock_text.")
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.lr_scheduler_interval,
+            },
+        }
+
+    @override
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then clamp the logit scale to ``[0, ln max_logit_scale]``."""
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(self.hparams.max_logit_scale))
+
+    # ------------------------------------------------------------ evaluation
+    def _zero_shot_setting(self, name: str) -> Any:
+        value = self.hparams[f"zero_shot_{name}"]
+        if value is None:
+            attribute = {"classes": "class_names", "groups": "class_groups"}.get(name, name)
+            value = getattr(getattr(self.trainer, "datamodule", None), attribute, None)
+        return value
+
+    @torch.no_grad()
+    def zero_shot_classifier(self, class_names: list[str], templates: list[str]) -> torch.Tensor:
+        """Normalised class embeddings ``[C, D]``: prompt embeddings averaged over templates.
+
+        Args:
+            class_names: the classes.
+            templates: prompt templates, each with one ``{}``.
+        """
+        if len(class_names) == 0:
+            raise ValueError("`class_names` is empty: zero-shot classification needs classes.")
+        _check_templates(templates)
+        prompts = [template.format(name) for name in class_names for template in templates]
+        tokens = self.tokenizer(prompts).to(self.device)
+        chunk = self.hparams.eval_chunk_size
+        embeddings = torch.cat(
+            [self.encode_text(tokens[i : i + chunk]) for i in range(0, len(tokens), chunk)]
+        )
+        embeddings = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)
+        return F.normalize(embeddings, dim=-1)
+
+    def _eval_epoch_start(self) -> None:
+        self.retrieval.reset()
+        self._zero_shot_classifier = None
+        self.zero_shot = None
+        classes = self._zero_shot_setting("classes")
+        if classes is None:
+            return
+        if len(classes) == 0:
+            raise ValueError("The datamodule's `class_names` is empty; zero-shot needs classes.")
+        templates = self._zero_shot_setting("templates") or list(_DEFAULT_TEMPLATES)
+        self._zero_shot_classifier = self.zero_shot_classifier(list(classes), list(templates))
+        self.zero_shot = ZeroShotAccuracy(
+            len(classes), top_k=(1, 5), groups=self._zero_shot_setting("groups")
+        ).to(self.device)
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        image_features = self.encode_image(batch["image"])
+        index = batch.get("index")
+        if "label" in batch:
+            if self._zero_shot_classifier is None:
+                raise ValueError(
+                    "A validation batch has `label` but no class names are known: set "
+                    "`zero_shot_classes` or give the datamodule a `class_names` attribute."
+                )
+            logits = image_features @ self._zero_shot_classifier.T
+            self.zero_shot.update(logits, batch["label"], index)
+        if "text" in batch:
+            self.retrieval.update(image_features, self.encode_text(batch["text"]), index)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results: dict[str, torch.Tensor] = {}
+        if self.zero_shot is not None and self.zero_shot.update_called:
+            results.update({f"zero_shot_{k}": v for k, v in self.zero_shot.compute().items()})
+        if self.retrieval.update_called:
+            results.update(self.retrieval.compute())
+        if not results and not self.trainer.sanity_checking:
+            rank_zero_warn(
+                f"No {stage} batch had `label` (zero-shot) or `text`/`caption` (retrieval)."
+            )
+        for key, value in results.items():
+            self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=False)
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    @override
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+
+def _check_templates(templates: list[str]) -> None:
+    if len(templates) == 0:
+        raise ValueError("`zero_shot_templates` is empty; give at least one template.")
+    for template in templates:
+        if "{}" not in template:
+            raise ValueError(
+                f"`zero_shot_templates` entry {template!r} has no '{{}}' for the class name."
+            )
