@@ -28,7 +28,7 @@ class ContrastiveImageText(pl.LightningModule):
     The model comes from an open_clip config name (``model_name``, with ``pretrained`` a
     local checkpoint or an open_clip tag), or from a timm image tower plus a Hugging Face
     text tower (``image_tower`` + ``text_tower``). Batches are dicts with ``image`` and
-    either ``text`` (token ids) or ``caption`` (strings, tokenized here before transfer).
+    either ``text`` (token ids) or ``caption`` (strings, tokenized by :meth:`text_tokens`).
 
     Training reduces :meth:`per_sample_loss`, so callbacks that weight or select samples
     see the very loss that is optimised. After every optimizer step the logit scale is
@@ -78,7 +78,6 @@ class ContrastiveImageText(pl.LightningModule):
         ...                               model_name="ViT-Micro-P8-32")
         >>> batch = {"image": torch.randn(4, 3, 32, 32),
         ...          "caption": ["a red circle", "a blue star", "two green bars", "a ring"]}
-        >>> batch = module.on_before_batch_transfer(batch, 0)
         >>> module.per_sample_loss(batch).shape
         torch.Size([4])
     """
@@ -191,13 +190,13 @@ class ContrastiveImageText(pl.LightningModule):
         return self.encode_image(image), self.encode_text(text)
 
     # ------------------------------------------------------------------ data
-    @override
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Tokenize ``caption`` into ``text`` when a batch has no token ids yet."""
-        if isinstance(batch, dict) and "text" not in batch and "caption" in batch:
-            batch = dict(batch)
-            batch["text"] = self.tokenizer(list(batch["caption"]))
-        return batch
+    def text_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Token ids of a batch: its ``text``, or its ``caption`` strings tokenized here."""
+        if "text" in batch:
+            return batch["text"]
+        if "caption" not in batch:
+            raise KeyError(f"A batch needs `text` (token ids) or `caption` (strings); got {sorted(batch)}.")
+        return self.tokenizer(list(batch["caption"])).to(self.device)
 
     # ------------------------------------------------------------------ loss
     def per_sample_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -205,7 +204,7 @@ class ContrastiveImageText(pl.LightningModule):
 
         Its mean is the training loss.
         """
-        image_features, text_features = self(batch["image"], batch["text"])
+        image_features, text_features = self(batch["image"], self.text_tokens(batch))
         return self.loss(
             image_features, text_features, self.logit_scale, self.logit_bias, reduction="none"
         )
@@ -319,8 +318,9 @@ class ContrastiveImageText(pl.LightningModule):
                 )
             logits = image_features @ self._zero_shot_classifier.T
             self.zero_shot.update(logits, batch["label"], index)
-        if "text" in batch:
-            self.retrieval.update(image_features, self.encode_text(batch["text"]), index)
+        if "text" in batch or "caption" in batch:
+            text_features = self.encode_text(self.text_tokens(batch))
+            self.retrieval.update(image_features, text_features, index)
 
     def _eval_epoch_end(self, stage: str) -> None:
         results: dict[str, torch.Tensor] = {}
