@@ -79,7 +79,13 @@ def _text_width(text_tower: str) -> int:
     from open_clip.hf_configs import arch_dict
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(text_tower)
+    try:
+        config = AutoConfig.from_pretrained(text_tower)
+    except OSError as err:
+        raise ValueError(
+            f"`text_tower`={text_tower!r} could not be loaded as a Hugging Face model (a local "
+            f"folder, or a hub name when online): {err}"
+        ) from err
     if config.model_type not in arch_dict:
         raise ValueError(
             f"`text_tower`={text_tower!r} has model type {config.model_type!r}; open_clip's "
@@ -225,6 +231,8 @@ def create_image_text_model(
                 f"`image_tower_weights`={image_tower_weights!r} does not fit {image_tower!r}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}."
             )
+    if image_size is not None and hasattr(model.visual, "set_input_size"):
+        model.visual.set_input_size(image_size)
     return model
 
 

@@ -1,0 +1,108 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_plugins.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI warns when pytest's own arguments sit in sys.argv beside `args`."""
+    monkeypatch.setattr(sys, "argv", ["lightning-plugins"])
+
+
+def test_examples_exist():
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_fast_dev_run(config, tmp_path):
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert cli.trainer.global_step == 1
+    assert "val/zero_shot_top1" in cli.trainer.callback_metrics
+
+
+def test_short_class_names_resolve(tmp_path):
+    cli = main(
+        [
+            "--model=CLIP",
+            "--model.model_name=ViT-Micro-P8-32",
+            "--data=SyntheticShapes",
+            "--data.batch_size=4",
+            "--data.train_size=8",
+            "--data.zero_shot_size=64",
+            "--data.retrieval_size=8",
+            "--trainer.fast_dev_run=true",
+            "--trainer.callbacks+=LearningRateMonitor",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from lightning_plugins.datamodules import SyntheticShapes
+    from lightning_plugins.modules import CLIP
+
+    assert isinstance(cli.model, CLIP) and isinstance(cli.datamodule, SyntheticShapes)
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+
+
+def test_optimizer_and_scheduler_from_arguments(tmp_path):
+    cli = main(
+        [
+            "--model=SigLIP",
+            "--model.model_name=ViT-Micro-P8-32",
+            "--model.optimizer=SGD",
+            "--model.optimizer.lr=0.05",
+            "--model.lr_scheduler=StepLR",
+            "--model.lr_scheduler.step_size=3",
+            "--data=SyntheticShapes",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    config = cli.model.configure_optimizers()
+    assert type(config["optimizer"]).__name__ == "SGD"
+    assert config["optimizer"].defaults["lr"] == 0.05
+    assert config["lr_scheduler"]["scheduler"].step_size == 3
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "examples/configs/clip_shapes.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: lightning_plugins.modules.CLIP" in out
+    assert "model_name: ViT-Tiny-P8-32" in out
+    assert "class_path: lightning_plugins.datamodules.SyntheticShapes" in out
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="`model_name`='ViT-Nope'"):
+        main(
+            ["--model=CLIP", "--model.model_name=ViT-Nope", "--data=SyntheticShapes"],
+            run=False,
+        )
+
+
+def test_module_entry_point_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_plugins", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "fit" in out and "validate" in out
