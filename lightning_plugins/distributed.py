@@ -55,12 +55,16 @@ class _AllGatherWithGrad(torch.autograd.Function):
             dtype=tensor.dtype,
             device=tensor.device,
         )
-        dist.all_gather_into_tensor(out, tensor.contiguous())
+        # newer torch renames ``all_gather_into_tensor`` to ``all_gather_single``
+        gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather_into(out, tensor.contiguous())
         return out
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad_output.contiguous()
+        # a copy: all_reduce works in place, and autograd may hand the same gradient tensor
+        # to other consumers of the gathered output (e.g. both inputs of an addition)
+        grad = grad_output.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.local_size
         return grad[start : start + ctx.local_size]

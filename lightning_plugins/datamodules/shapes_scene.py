@@ -45,7 +45,7 @@ COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("white", (240, 240, 240)),
     ("cyan", (40, 220, 220)),
 )
-COUNT_WORDS = ("a", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+COUNT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _CAPTION_TEMPLATES = ("{}", "a picture of {}", "an image with {}", "{} on a dark background")
 
 
@@ -92,9 +92,9 @@ def caption_for(concepts: Sequence[int], template: int = 0) -> str:
 
     Example:
         >>> caption_for([0, 0, 14])
-        'two red circles and a green star'
+        'two red circles and one green star'
         >>> caption_for([0, 9, 14], template=1)
-        'a picture of a red circle, a green square and a green star'
+        'a picture of one red circle, one green square and one green star'
     """
     counts = Counter(concepts)
     phrases = []

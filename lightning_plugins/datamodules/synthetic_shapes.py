@@ -22,7 +22,7 @@ from lightning_plugins.datamodules.shapes_scene import (
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 
-ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("a {}", "a picture of a {}", "an image with a {}")
+ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("one {}", "a picture of one {}", "an image with one {}")
 _STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
 
 
@@ -60,6 +60,9 @@ class ShapesPairs(Dataset):
         min_objects: fewest objects per image.
         max_objects: most objects per image (at most 4).
 
+    Raises:
+        ValueError: unless ``1 <= min_objects <= max_objects <= 4``.
+
     Example:
         >>> ds = ShapesPairs(10, zipf_probabilities(64, 1.0), seed=0)
         >>> sample = ds[3]
@@ -79,6 +82,11 @@ class ShapesPairs(Dataset):
         min_objects: int = 1,
         max_objects: int = 4,
     ) -> None:
+        if not 1 <= min_objects <= max_objects <= 4:
+            raise ValueError(
+                "`min_objects` and `max_objects` must satisfy 1 <= min_objects <= max_objects "
+                f"<= 4 (a 2x2 grid), got {min_objects} and {max_objects}."
+            )
         self.size = size
         self.probabilities = np.asarray(probabilities, dtype=np.float64)
         self.seed = seed
@@ -137,6 +145,10 @@ class ShapesClassification(Dataset):
     """
 
     def __init__(self, size: int, num_concepts: int, seed: int = 0, image_size: int = 32) -> None:
+        if not 1 <= num_concepts <= len(SHAPES) * len(COLORS):
+            raise ValueError(
+                f"`num_concepts` must be in 1..{len(SHAPES) * len(COLORS)}, got {num_concepts}."
+            )
         self.size = size
         self.num_concepts = num_concepts
         self.seed = seed
@@ -146,6 +158,8 @@ class ShapesClassification(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
         label = index % self.num_concepts
         rng = np.random.default_rng([self.seed, _STREAM_ZERO_SHOT, index])
         noise = rng.uniform(-1.0, 1.0, size=(self.image_size, self.image_size, 3))
@@ -162,7 +176,7 @@ class SyntheticShapes(pl.LightningDataModule):
 
     Images (default 32x32) hold 1-4 objects, each one of 64 concepts (8 shapes x 8
     colours) drawn from a Zipf-like distribution, so rare concepts are rare. Captions
-    name each object with its count ("two red circles and a blue star").
+    name each object with its count ("two red circles and one blue star").
 
     Training batches carry ``image``, ``caption``, ``concepts`` and ``index``; the module
     tokenizes ``caption`` into ``text``. Validation has two dataloaders: single-object

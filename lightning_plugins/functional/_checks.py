@@ -28,6 +28,36 @@ def check_feature_pair(image_features: torch.Tensor, text_features: torch.Tensor
         )
 
 
+def check_global_features(
+    image_features: torch.Tensor, label_offset: int, **global_features: torch.Tensor
+) -> None:
+    """Raise ``ValueError`` unless the global features fit the local ``[B, D]`` rows.
+
+    Every global tensor must be ``[N, D]`` with the local ``D`` and the same ``N``, and
+    ``label_offset`` must place the ``B`` local rows inside the ``N`` global ones.
+    """
+    batch, dim = image_features.shape
+    num_rows = batch
+    for position, (name, rows) in enumerate(global_features.items()):
+        if rows.ndim != 2 or rows.shape[1] != dim:
+            raise ValueError(
+                f"`{name}` must be [N, {dim}] (the local embedding size), got shape "
+                f"{tuple(rows.shape)}."
+            )
+        if position > 0 and rows.shape[0] != num_rows:
+            names = " and ".join(f"`{key}`" for key in global_features)
+            raise ValueError(
+                f"{names} must hold the same number of rows (pass both or neither), got "
+                f"{[tuple(t.shape) for t in global_features.values()]}."
+            )
+        num_rows = rows.shape[0]
+    if not 0 <= label_offset <= num_rows - batch:
+        raise ValueError(
+            f"`label_offset` must place the {batch} local rows inside the {num_rows} global "
+            f"rows, i.e. lie in [0, {num_rows - batch}], got {label_offset}."
+        )
+
+
 def explain_non_finite(what: str, **tensors: torch.Tensor | float | None) -> None:
     """Raise ``ValueError`` for a non-finite ``what``, naming the input that caused it.
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lightning_plugins.functional._checks import (
     apply_reduction,
     check_feature_pair,
+    check_global_features,
     check_reduction,
 )
 
@@ -62,6 +63,12 @@ def clip_loss(
     check_feature_pair(image_features, text_features)
     all_images = image_features if all_image_features is None else all_image_features
     all_texts = text_features if all_text_features is None else all_text_features
+    check_global_features(
+        image_features,
+        label_offset,
+        all_image_features=all_images,
+        all_text_features=all_texts,
+    )
     logits_per_image = logit_scale * image_features @ all_texts.T
     logits_per_text = logit_scale * text_features @ all_images.T
     labels = torch.arange(image_features.shape[0], device=image_features.device) + label_offset

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lightning_plugins.functional._checks import (
     apply_reduction,
     check_feature_pair,
+    check_global_features,
     check_reduction,
 )
 
@@ -55,6 +56,7 @@ def siglip_loss(
     check_reduction(reduction)
     check_feature_pair(image_features, text_features)
     all_texts = text_features if all_text_features is None else all_text_features
+    check_global_features(image_features, label_offset, all_text_features=all_texts)
     logits = logit_scale * image_features @ all_texts.T
     if logit_bias is not None:
         logits = logits + logit_bias

@@ -7,7 +7,11 @@ from torch import nn
 
 from lightning_plugins.distributed import get_world_size
 from lightning_plugins.functional import clip_loss
-from lightning_plugins.functional._checks import explain_non_finite
+from lightning_plugins.functional._checks import (
+    check_feature_pair,
+    check_reduction,
+    explain_non_finite,
+)
 from lightning_plugins.losses._gather import check_global_batch, gather_rows
 
 __all__ = ["ClipLoss"]
@@ -60,6 +64,9 @@ class ClipLoss(nn.Module):
         Returns:
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
+        # checked before any collective, so bad input fails on every rank alike
+        check_reduction(reduction)
+        check_feature_pair(image_features, text_features)
         check_global_batch(image_features, get_world_size())
         all_images, offset = gather_rows(image_features)
         all_texts, _ = gather_rows(text_features)

@@ -7,7 +7,11 @@ from torch import nn
 
 from lightning_plugins.distributed import get_world_size
 from lightning_plugins.functional import siglip_loss
-from lightning_plugins.functional._checks import explain_non_finite
+from lightning_plugins.functional._checks import (
+    check_feature_pair,
+    check_reduction,
+    explain_non_finite,
+)
 from lightning_plugins.losses._gather import check_global_batch, gather_rows
 
 __all__ = ["SigLipLoss"]
@@ -53,6 +57,9 @@ class SigLipLoss(nn.Module):
         Returns:
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
+        # checked before any collective, so bad input fails on every rank alike
+        check_reduction(reduction)
+        check_feature_pair(image_features, text_features)
         check_global_batch(image_features, get_world_size())
         all_texts, offset = gather_rows(text_features)
         loss = siglip_loss(

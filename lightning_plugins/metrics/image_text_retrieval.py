@@ -62,6 +62,11 @@ class ImageTextRetrieval(Metric):
             )
         if index is None:
             index = torch.full((image_features.shape[0],), -1, dtype=torch.long)
+        elif index.shape != image_features.shape[:1]:
+            raise ValueError(
+                f"`index` must be [B] with B = {image_features.shape[0]} (one dataset index "
+                f"per pair), got shape {tuple(index.shape)}."
+            )
         self.image_features.append(image_features.detach().float())
         self.text_features.append(text_features.detach().float())
         self.index.append(index.to(device=image_features.device, dtype=torch.long))

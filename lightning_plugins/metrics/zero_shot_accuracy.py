@@ -22,7 +22,8 @@ class ZeroShotAccuracy(Metric):
 
     Args:
         num_classes: number of classes.
-        top_k: the K values (each at most ``num_classes``).
+        top_k: the K values; those above ``num_classes`` are dropped, so the default
+            ``(1, 5)`` works with fewer than 5 classes.
         groups: named subsets of class ids.
 
     Example:
@@ -45,9 +46,13 @@ class ZeroShotAccuracy(Metric):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"`num_classes` must be at least 1, got {num_classes}.")
-        top_k = tuple(k for k in top_k if k <= num_classes)
+        given = tuple(top_k)
+        top_k = tuple(k for k in given if k <= num_classes)
         if not top_k or min(top_k) < 1:
-            raise ValueError(f"`top_k` must hold positive integers <= {num_classes}.")
+            raise ValueError(
+                f"`top_k` must hold positive integers, at least one <= num_classes={num_classes}, "
+                f"got {given}."
+            )
         self.num_classes = num_classes
         self.top_k = top_k
         self.groups = {name: sorted(set(ids)) for name, ids in (groups or {}).items()}
@@ -64,6 +69,11 @@ class ZeroShotAccuracy(Metric):
         """Add ``[B, C]`` class scores, ``[B]`` targets and their dataset indices."""
         if index is None:
             index = torch.full(target.shape, -1, dtype=torch.long)
+        elif index.shape != target.shape:
+            raise ValueError(
+                f"`index` must have the shape of `target` {tuple(target.shape)} (one dataset "
+                f"index per sample), got {tuple(index.shape)}."
+            )
         self.correct.append(topk_correct(logits, target, self.top_k))
         self.target.append(target.long())
         self.index.append(index.to(device=target.device, dtype=torch.long))

@@ -195,7 +195,9 @@ class ContrastiveImageText(pl.LightningModule):
         if "text" in batch:
             return batch["text"]
         if "caption" not in batch:
-            raise KeyError(f"A batch needs `text` (token ids) or `caption` (strings); got {sorted(batch)}.")
+            raise KeyError(
+                f"A batch needs `text` (token ids) or `caption` (strings); got {sorted(batch)}."
+            )
         return self.tokenizer(list(batch["caption"])).to(self.device)
 
     # ------------------------------------------------------------------ loss

@@ -63,7 +63,9 @@ def test_pretrained_local_checkpoint_roundtrip(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(source.state_dict(), path)
     loaded = create_image_text_model(MICRO, str(path), init_logit_scale=0.0)
-    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        source.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         torch.testing.assert_close(a, b, msg=name)
 
 
