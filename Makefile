@@ -22,7 +22,7 @@ test: lint
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
-	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+	for f in benchmarks/bench_*.py; do [ -e "$$f" ] || continue; $(PY) "$$f" || exit 1; done
 
 clean:
 	rm -rf $(VENV) lightning_logs runs .pytest_cache .ruff_cache
