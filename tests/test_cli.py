@@ -29,6 +29,7 @@ def test_example_config_fast_dev_run(config, tmp_path):
             str(config),
             "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
         ]
     )
     assert cli.trainer.global_step == 1

@@ -27,7 +27,7 @@ def shipped_model_names() -> list[str]:
     """Names of the small open_clip configs shipped with this package.
 
     Example:
-        >>> "ViT-Tiny-P4-32" in shipped_model_names()
+        >>> "ViT-Tiny-P8-32" in shipped_model_names()
         True
     """
     return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
