@@ -5,14 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_plugins.distributed import get_world_size
 from lightning_plugins.functional import clip_loss
-from lightning_plugins.functional._checks import (
-    check_feature_pair,
-    check_reduction,
-    explain_non_finite,
-)
-from lightning_plugins.losses._gather import check_global_batch, gather_rows
+from lightning_plugins.losses._global_batch import check_inputs, ensure_finite, gather_rows
 
 __all__ = ["ClipLoss"]
 
@@ -64,10 +58,7 @@ class ClipLoss(nn.Module):
         Returns:
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
-        # checked before any collective, so bad input fails on every rank alike
-        check_reduction(reduction)
-        check_feature_pair(image_features, text_features)
-        check_global_batch(image_features, get_world_size())
+        check_inputs(image_features, text_features, reduction)
         all_images, offset = gather_rows(image_features)
         all_texts, _ = gather_rows(text_features)
         loss = clip_loss(
@@ -79,11 +70,9 @@ class ClipLoss(nn.Module):
             label_offset=offset,
             reduction=reduction,
         )
-        if not bool(torch.isfinite(loss).all()):
-            explain_non_finite(
-                "loss",
-                image_features=image_features,
-                text_features=text_features,
-                logit_scale=logit_scale,
-            )
-        return loss
+        return ensure_finite(
+            loss,
+            image_features=image_features,
+            text_features=text_features,
+            logit_scale=logit_scale,
+        )

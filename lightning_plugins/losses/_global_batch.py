@@ -5,6 +5,25 @@ from __future__ import annotations
 import torch
 
 from lightning_plugins.distributed import all_gather_with_grad, get_rank, get_world_size
+from lightning_plugins.functional._checks import (
+    check_feature_pair,
+    check_reduction,
+    explain_non_finite,
+)
+
+
+def check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, reduction: str) -> None:
+    """Check a loss call before any collective, so bad input fails on every rank alike."""
+    check_reduction(reduction)
+    check_feature_pair(image_features, text_features)
+    check_global_batch(image_features, get_world_size())
+
+
+def ensure_finite(loss: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
+    """Return ``loss``; if it is non-finite, raise an error naming the input at fault."""
+    if not bool(torch.isfinite(loss).all()):
+        explain_non_finite("loss", **inputs)
+    return loss
 
 
 def check_global_batch(image_features: torch.Tensor, world_size: int) -> None:
