@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_plugins.datamodules.shapes_scene import (
     COLORS,
@@ -19,6 +20,7 @@ from lightning_plugins.datamodules.shapes_scene import (
     num_caption_templates,
     zipf_probabilities,
 )
+from lightning_plugins.sampling import ShuffleSampler
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 
@@ -241,6 +243,7 @@ class SyntheticShapes(pl.LightningDataModule):
             raise ValueError(f"`zipf_exponent` must be non-negative, got {zipf_exponent}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.num_concepts = len(SHAPES) * len(COLORS)
         self.probabilities = zipf_probabilities(self.num_concepts, zipf_exponent)
         self.class_names: list[str] = [concept_name(c) for c in range(self.num_concepts)]
@@ -265,22 +268,33 @@ class SyntheticShapes(pl.LightningDataModule):
             zero_shot_size, self.num_concepts, seed, image_size
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled image-caption pairs."""
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Image-caption pairs, shuffled per epoch from ``(seed, epoch)``.
+
+        A ``StatefulDataLoader`` over a :class:`ShuffleSampler`: Lightning saves its
+        position in checkpoints, so a run resumed from a mid-epoch checkpoint sees exactly
+        the batches it would have seen. Under DDP Lightning wraps the sampler in a
+        distributed one, deterministic per epoch.
+        """
+        return StatefulDataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=ShuffleSampler(len(self.train_set), seed=self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         """Zero-shot classification images, then retrieval pairs."""
-        return [self._loader(self.zero_shot_set, False), self._loader(self.retrieval_set, False)]
+        return [self._loader(self.zero_shot_set), self._loader(self.retrieval_set)]
 
     def test_dataloader(self) -> list[DataLoader]:
         """The validation sets."""

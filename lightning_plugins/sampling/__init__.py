@@ -1,3 +1,5 @@
-"""Steerable samplers for map-style datasets; plain PyTorch, no Lightning."""
+"""Samplers for map-style datasets; plain PyTorch, no Lightning."""
 
-__all__: list[str] = []
+from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
+
+__all__ = ["ShuffleSampler"]

@@ -1,0 +1,67 @@
+"""Checkpoints: exact mid-epoch resume, weights-only loading, load_from_checkpoint."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_plugins.datamodules import SyntheticShapes
+from lightning_plugins.modules import CLIP
+
+MICRO = "ViT-Micro-P8-32"
+
+
+def run(root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0) -> CLIP:
+    pl.seed_everything(0)
+    module = CLIP(
+        model_name=MICRO,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+    )
+    # 4 batches per epoch: a checkpoint at step 3 is mid-epoch, the run crosses epochs
+    dm = SyntheticShapes(
+        batch_size=4, train_size=16, zero_shot_size=64, retrieval_size=8, num_workers=num_workers
+    )
+    callbacks = (
+        [ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1)]
+        if save_every
+        else []
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        enable_checkpointing=bool(save_every),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["main_process", "one_worker"])
+def uninterrupted(request, tmp_path_factory):
+    """A 7-step run that saves every 3 steps, with the data loaded in 0 or 1 workers."""
+    root = tmp_path_factory.mktemp("full")
+    return run(root, max_steps=7, save_every=3, num_workers=request.param), root, request.param
+
+
+@pytest.mark.parametrize("checkpoint", ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"])
+def test_mid_epoch_resume_continues_exactly(uninterrupted, tmp_path, checkpoint):
+    full, root, num_workers = uninterrupted
+    resumed = run(tmp_path, 7, ckpt_path=root / checkpoint, num_workers=num_workers)
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_checkpoint_loads_weights_only_and_from_checkpoint(uninterrupted):
+    _, root, _ = uninterrupted
+    path = root / "epoch=1-step=6.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["model_name"] == MICRO
+    loaded = CLIP.load_from_checkpoint(path)
+    state = checkpoint["state_dict"]
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, state[name], msg=name)
