@@ -75,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "randomly initialized"
     warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata
     results = {name: run(name, config, args.steps) for name, config in RUNS}
     print("\nSyntheticShapes validation (chance: zero-shot 1.6%, R@1 0.2%)\n")
     print(table(results))
