@@ -29,12 +29,17 @@ def check_feature_pair(image_features: torch.Tensor, text_features: torch.Tensor
 
 
 def check_global_features(
-    image_features: torch.Tensor, label_offset: int, **global_features: torch.Tensor
+    image_features: torch.Tensor,
+    label_offset: int,
+    *,
+    positives: bool = True,
+    **global_features: torch.Tensor,
 ) -> None:
     """Raise ``ValueError`` unless the global features fit the local ``[B, D]`` rows.
 
     Every global tensor must be ``[N, D]`` with the local ``D`` and the same ``N``, and
-    ``label_offset`` must place the ``B`` local rows inside the ``N`` global ones.
+    (when the global rows hold the local rows' ``positives``) ``label_offset`` must place
+    the ``B`` local rows inside the ``N`` global ones.
     """
     batch, dim = image_features.shape
     num_rows = batch
@@ -51,7 +56,7 @@ def check_global_features(
                 f"{[tuple(t.shape) for t in global_features.values()]}."
             )
         num_rows = rows.shape[0]
-    if not 0 <= label_offset <= num_rows - batch:
+    if positives and not 0 <= label_offset <= num_rows - batch:
         raise ValueError(
             f"`label_offset` must place the {batch} local rows inside the {num_rows} global "
             f"rows, i.e. lie in [0, {num_rows - batch}], got {label_offset}."

@@ -11,6 +11,7 @@ from lightning_plugins.functional._checks import (
     check_global_features,
     check_reduction,
 )
+from lightning_plugins.functional.contrastive_rows import softmax_row_loss
 
 __all__ = ["clip_loss"]
 
@@ -24,6 +25,7 @@ def clip_loss(
     all_text_features: torch.Tensor | None = None,
     label_offset: int = 0,
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Symmetric image-text cross-entropy, as open_clip's ``ClipLoss``.
 
@@ -45,6 +47,8 @@ def clip_loss(
         all_text_features: ``[N, D]`` texts of the global batch, or ``None``.
         label_offset: position of the local rows inside the global batch.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` per-sample losses).
+        chunk_size: score ``chunk_size`` rows at a time in forward and backward (extra
+            memory ``O(chunk_size * N)``), or ``None`` for the whole ``[B, N]`` logits.
 
     Returns:
         The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
@@ -69,11 +73,17 @@ def clip_loss(
         all_image_features=all_images,
         all_text_features=all_texts,
     )
-    logits_per_image = logit_scale * image_features @ all_texts.T
-    logits_per_text = logit_scale * text_features @ all_images.T
-    labels = torch.arange(image_features.shape[0], device=image_features.device) + label_offset
-    per_sample = (
-        F.cross_entropy(logits_per_image, labels, reduction="none")
-        + F.cross_entropy(logits_per_text, labels, reduction="none")
-    ) / 2
+    if chunk_size is None and all_image_features is None and all_text_features is None:
+        # one batch, one matrix: the text->image logits are the transpose
+        logits_per_image = logit_scale * image_features @ text_features.T
+        labels = torch.arange(image_features.shape[0], device=image_features.device)
+        per_sample = (
+            F.cross_entropy(logits_per_image, labels, reduction="none")
+            + F.cross_entropy(logits_per_image.T, labels, reduction="none")
+        ) / 2
+    else:
+        per_sample = (
+            softmax_row_loss(image_features, all_texts, logit_scale, label_offset, chunk_size)
+            + softmax_row_loss(text_features, all_images, logit_scale, label_offset, chunk_size)
+        ) / 2
     return apply_reduction(per_sample, reduction)

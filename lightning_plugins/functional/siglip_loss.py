@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
@@ -11,6 +10,7 @@ from lightning_plugins.functional._checks import (
     check_global_features,
     check_reduction,
 )
+from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss
 
 __all__ = ["siglip_loss"]
 
@@ -22,8 +22,9 @@ def siglip_loss(
     logit_bias: torch.Tensor | float | None = None,
     *,
     all_text_features: torch.Tensor | None = None,
-    label_offset: int = 0,
+    label_offset: int | None = 0,
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Pairwise sigmoid loss, as open_clip's ``SigLipLoss``.
 
@@ -42,8 +43,11 @@ def siglip_loss(
         logit_scale: scale, already exponentiated (scalar).
         logit_bias: additive bias (scalar), or ``None`` for no bias.
         all_text_features: ``[N, D]`` texts of the global batch, or ``None``.
-        label_offset: position of the local rows inside the global batch.
+        label_offset: position of the local rows inside the global batch, or ``None``
+            when ``all_text_features`` holds no positives (another rank's block).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` per-image losses).
+        chunk_size: score ``chunk_size`` rows at a time in forward and backward (extra
+            memory ``O(chunk_size * N)``), or ``None`` for the whole ``[B, N]`` logits.
 
     Returns:
         The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
@@ -56,12 +60,13 @@ def siglip_loss(
     check_reduction(reduction)
     check_feature_pair(image_features, text_features)
     all_texts = text_features if all_text_features is None else all_text_features
-    check_global_features(image_features, label_offset, all_text_features=all_texts)
-    logits = logit_scale * image_features @ all_texts.T
-    if logit_bias is not None:
-        logits = logits + logit_bias
-    labels = -torch.ones_like(logits)
-    rows = torch.arange(image_features.shape[0], device=logits.device)
-    labels[rows, rows + label_offset] = 1.0
-    per_sample = -F.logsigmoid(labels * logits).sum(dim=1)
+    check_global_features(
+        image_features,
+        label_offset or 0,
+        all_text_features=all_texts,
+        positives=label_offset is not None,
+    )
+    per_sample = sigmoid_row_loss(
+        image_features, all_texts, logit_scale, logit_bias, label_offset, chunk_size
+    )
     return apply_reduction(per_sample, reduction)

@@ -2,21 +2,79 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from lightning_plugins.distributed import all_gather_with_grad, get_rank, get_world_size
+from lightning_plugins.distributed import (
+    all_gather,
+    all_gather_with_grad,
+    gather_sizes,
+    get_rank,
+    global_mean,
+)
 from lightning_plugins.functional._checks import (
+    apply_reduction,
     check_feature_pair,
     check_reduction,
     explain_non_finite,
 )
 
 
-def check_inputs(image_features: torch.Tensor, text_features: torch.Tensor, reduction: str) -> None:
-    """Check a loss call before any collective, so bad input fails on every rank alike."""
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Every rank's local batch size and this rank's position among them."""
+
+    sizes: list[int]
+    rank: int
+
+    @property
+    def offset(self) -> int:
+        """Index of this rank's first row in the global batch."""
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def total(self) -> int:
+        """Rows in the global batch."""
+        return sum(self.sizes)
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks."""
+        return len(self.sizes)
+
+    def gather(self, features: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+        """The global batch of ``features``; other ranks' rows keep their graph if ``with_grad``."""
+        if self.world_size == 1:
+            return features
+        gather = all_gather_with_grad if with_grad else all_gather
+        return gather(features, self.sizes)
+
+    def reduce(self, per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+        """``mean`` is this rank's share of the global mean (see ``global_mean``)."""
+        if reduction == "mean":
+            return global_mean(per_sample, self.total)
+        return apply_reduction(per_sample, reduction)
+
+
+def check_inputs(
+    image_features: torch.Tensor, text_features: torch.Tensor, reduction: str
+) -> GlobalBatch:
+    """Check a loss call and learn the global batch.
+
+    The local checks run before any collective; the batch-size check after the one
+    collective that exchanges sizes, so that every rank raises alike.
+    """
     check_reduction(reduction)
     check_feature_pair(image_features, text_features)
-    check_global_batch(image_features, get_world_size())
+    batch = GlobalBatch(gather_sizes(image_features.shape[0], image_features.device), get_rank())
+    if batch.total < 2:
+        raise ValueError(
+            f"A contrastive loss needs at least 2 image-text pairs in the global batch, got "
+            f"batch size {image_features.shape[0]} on {batch.world_size} process(es). "
+            "Increase `batch_size`."
+        )
+    return batch
 
 
 def ensure_finite(loss: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
@@ -24,21 +82,3 @@ def ensure_finite(loss: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Te
     if not bool(torch.isfinite(loss).all()):
         explain_non_finite("loss", **inputs)
     return loss
-
-
-def check_global_batch(image_features: torch.Tensor, world_size: int) -> None:
-    """Raise ``ValueError`` when the global batch holds fewer than two pairs."""
-    if image_features.ndim == 2 and image_features.shape[0] * world_size < 2:
-        raise ValueError(
-            f"A contrastive loss needs at least 2 image-text pairs in the global batch, got "
-            f"batch size {image_features.shape[0]} on {world_size} process(es). "
-            "Increase `batch_size`."
-        )
-
-
-def gather_rows(features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Return the features of the global batch (with gradient) and this rank's offset."""
-    world_size = get_world_size()
-    if world_size == 1:
-        return features, 0
-    return all_gather_with_grad(features), get_rank() * features.shape[0]

@@ -1,35 +1,65 @@
-"""SigLIP's pairwise sigmoid loss as a module, exact under data parallelism."""
+"""SigLIP's pairwise sigmoid loss as a module: exact under data parallelism, optionally chunked."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from lightning_plugins.distributed import neighbour_exchange
 from lightning_plugins.functional import siglip_loss
-from lightning_plugins.losses._global_batch import check_inputs, ensure_finite, gather_rows
+from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
+from lightning_plugins.losses._global_batch import GlobalBatch, check_inputs, ensure_finite
 
 __all__ = ["SigLipLoss"]
+
+_DIST_IMPLS = ("ring", "gather")
 
 
 class SigLipLoss(nn.Module):
     """Pairwise sigmoid loss over the global batch.
 
-    Call signature as open_clip's ``SigLipLoss``. Under ``torch.distributed`` the text
-    features of all ranks are gathered with gradient and each rank scores its local
-    images against every text; the sum over pairs is divided by the local batch size, as
-    in open_clip, so the mean over ranks equals the loss of the concatenated batch. All
-    ranks must hold batches of equal size.
+    Call signature as open_clip's ``SigLipLoss``. Each rank scores its local images
+    against every text of the global batch; the sum over pairs is divided by the number
+    of images, and after DDP averages gradients the result is exactly the loss (and
+    gradient) of the concatenated batch, also when ranks hold batches of different sizes.
+
+    How texts reach other ranks (``dist_impl``):
+
+    - ``"ring"`` (default): text features travel between neighbouring ranks in both
+      directions (batched ``isend``/``irecv``), ``ceil((W - 1) / 2)`` rounds, images stay
+      local; in backward each block's gradient returns to the rank that owns it. Only
+      one other rank's texts are in memory at a time.
+    - ``"gather"``: all-gather with gradient, then one ``[B, N]`` block.
+
+    ``chunk_size=k`` scores ``k`` image rows at a time in forward and backward, recomputing
+    each block in backward: extra memory ``O(k * N)``, same values and gradients.
+
+    Args:
+        chunk_size: image rows per block, or ``None`` to build each block at once.
+        dist_impl: ``"ring"`` or ``"gather"``.
 
     Raises:
-        ValueError: at call time, for features of unequal shape, a global batch of
-            fewer than two pairs, an unknown ``reduction``, or non-finite inputs.
+        ValueError: ``chunk_size`` below 1 or an unknown ``dist_impl`` at construction;
+            at call time, features of unequal shape, a global batch of fewer than two
+            pairs, an unknown ``reduction``, or non-finite inputs.
 
     Example:
         >>> loss = SigLipLoss()
         >>> feats = torch.eye(3)
         >>> round(loss(feats, feats, torch.tensor(10.0), torch.tensor(-5.0)).item(), 4)
         0.0201
+        >>> chunked = SigLipLoss(chunk_size=2)(feats, feats, torch.tensor(10.0), torch.tensor(-5.0))
+        >>> round(chunked.item(), 4)
+        0.0201
     """
+
+    def __init__(self, chunk_size: int | None = None, dist_impl: str = "ring") -> None:
+        super().__init__()
+        check_chunk_size(chunk_size)
+        if dist_impl not in _DIST_IMPLS:
+            raise ValueError(f"`dist_impl` must be one of {_DIST_IMPLS}, got {dist_impl!r}.")
+        self.chunk_size = chunk_size
+        self.dist_impl = dist_impl
 
     def forward(
         self,
@@ -46,26 +76,66 @@ class SigLipLoss(nn.Module):
             text_features: ``[B, D]`` normalised text embeddings of this rank.
             logit_scale: exponentiated scale (scalar tensor).
             logit_bias: additive bias (scalar tensor) or ``None``.
-            reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per local image).
+            reduction: ``"mean"`` (this rank's share of the global mean: DDP's gradient
+                averaging completes it), ``"sum"`` or ``"none"`` (per local image).
 
         Returns:
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
-        check_inputs(image_features, text_features, reduction)
-        all_texts, offset = gather_rows(text_features)
-        loss = siglip_loss(
-            image_features,
-            text_features,
-            logit_scale,
-            logit_bias,
-            all_text_features=all_texts,
-            label_offset=offset,
-            reduction=reduction,
-        )
+        batch = check_inputs(image_features, text_features, reduction)
+        if batch.world_size > 1 and self.dist_impl == "ring":
+            per_sample = self._ring(image_features, text_features, logit_scale, logit_bias, batch)
+        else:
+            per_sample = siglip_loss(
+                image_features,
+                text_features,
+                logit_scale,
+                logit_bias,
+                all_text_features=batch.gather(text_features),
+                label_offset=batch.offset,
+                reduction="none",
+                chunk_size=self.chunk_size,
+            )
         return ensure_finite(
-            loss,
+            batch.reduce(per_sample, reduction),
             image_features=image_features,
             text_features=text_features,
             logit_scale=logit_scale,
             logit_bias=logit_bias,
         )
+
+    def _ring(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        batch: GlobalBatch,
+    ) -> torch.Tensor:
+        """Local block with positives, then every other rank's texts as negatives."""
+        world, rank, sizes = batch.world_size, batch.rank, batch.sizes
+        left, right = (rank - 1) % world, (rank + 1) % world
+
+        def negatives(block: torch.Tensor) -> torch.Tensor:
+            return sigmoid_row_loss(images, block, scale, bias, None, self.chunk_size)
+
+        def shape(origin: int) -> torch.Size:
+            return torch.Size((sizes[origin % world], texts.shape[1]))
+
+        per_sample = sigmoid_row_loss(images, texts, scale, bias, 0, self.chunk_size)
+        to_left = to_right = texts
+        rounds, remainder = divmod(world - 1, 2)
+        for step in range(1, rounds + 1):
+            # the block from the left started at rank - step, the one from the right at rank + step
+            from_left, from_right = neighbour_exchange(
+                (to_left, to_right), (left, right), (left, right),
+                (shape(rank - step), shape(rank + step)),
+            )  # fmt: skip
+            per_sample = per_sample + negatives(from_left) + negatives(from_right)
+            to_left, to_right = from_right, from_left
+        if remainder:
+            (from_left,) = neighbour_exchange(
+                (to_right,), (right,), (left,), (shape(rank - rounds - 1),)
+            )
+            per_sample = per_sample + negatives(from_left)
+        return per_sample

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_plugins.distributed import global_mean
 from lightning_plugins.metrics import ImageTextRetrieval, ZeroShotAccuracy
 from lightning_plugins.models import create_image_text_model, create_tokenizer
 
@@ -30,7 +31,7 @@ class ContrastiveImageText(pl.LightningModule):
     text tower (``image_tower`` + ``text_tower``). Batches are dicts with ``image`` and
     either ``text`` (token ids) or ``caption`` (strings, tokenized by :meth:`text_tokens`).
 
-    Training reduces :meth:`per_sample_loss`, so callbacks that weight or select samples
+    Training reduces :meth:`per_sample_loss` (its mean over the global batch), so callbacks that weight or select samples
     see the very loss that is optimised. After every optimizer step the logit scale is
     clamped to ``[0, ln max_logit_scale]``. Norms, biases, and the logit scale and bias
     get no weight decay (open_clip's rule, see :meth:`no_weight_decay`).
@@ -213,7 +214,8 @@ class ContrastiveImageText(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.per_sample_loss(batch).mean()
+        # the mean over the global batch, exact under DDP even for unequal last batches
+        loss = global_mean(self.per_sample_loss(batch))
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=batch_size)
