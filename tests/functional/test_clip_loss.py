@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.loss import ClipLoss as OpenClipLoss
 
 from lightning_plugins.functional import clip_loss
+from tests.contrastive_inputs import (
+    BAD_FEATURE_SHAPES,
+    TOL,
+    assert_parts_combine_to_full,
+    loss_and_grads,
+)
+from tests.contrastive_inputs import paired_features as shared_paired_features
 
-TOL = {
-    torch.float64: {"rtol": 1e-9, "atol": 1e-12},
-    torch.float32: {"rtol": 1e-5, "atol": 1e-6},
-}
-
-
-def paired_features(
-    batch: int, dim: int = 16, seed: int = 0, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised image features and noisy captions; captions 0 and 1 are swapped.
-
-    The swap keeps the loss away from zero at any scale, so comparisons are meaningful.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
-    text = image + torch.randn(batch, dim, generator=gen, dtype=torch.float64)
-    text[[0, 1]] = text[[1, 0]]
-    return F.normalize(image, dim=-1).to(dtype), F.normalize(text, dim=-1).to(dtype)
-
-
-def loss_and_grads(loss_fn, image, text, scale):
-    """Loss value and gradients w.r.t. image features, text features and scale."""
-    image = image.detach().clone().requires_grad_()
-    text = text.detach().clone().requires_grad_()
-    scale = scale.detach().clone().requires_grad_()
-    loss = loss_fn(image, text, scale)
-    loss.backward()
-    return loss.detach(), image.grad, text.grad, scale.grad
+# 16-dim features here; the loss-module tests use the shared default of 8
+paired_features = partial(shared_paired_features, dim=16)
 
 
 def naive_clip_per_sample(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
@@ -117,15 +98,7 @@ def test_local_loss_form_equals_global_loss(num_chunks: int, reduction: str) -> 
         )
         for k in range(num_chunks)
     ]
-    if reduction == "none":
-        torch.testing.assert_close(torch.cat(parts), full, **TOL[torch.float64])
-        return
-    combined = torch.stack(parts).mean() if reduction == "mean" else torch.stack(parts).sum()
-    torch.testing.assert_close(combined, full, **TOL[torch.float64])
-    full_grads = torch.autograd.grad(full, (image, text, scale))
-    local_grads = torch.autograd.grad(combined, (image, text, scale))
-    for got, expected in zip(local_grads, full_grads, strict=True):
-        torch.testing.assert_close(got, expected, **TOL[torch.float64])
+    assert_parts_combine_to_full(parts, full, reduction, (image, text, scale))
 
 
 def test_wrong_label_offset_changes_the_loss() -> None:
@@ -147,15 +120,7 @@ def test_tensor_and_float_scale_agree() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("image_shape", "text_shape", "match"),
-    [
-        ((4, 8), (4, 6), "`image_features` and `text_features` must have equal shapes"),
-        ((4, 8), (3, 8), "`image_features` and `text_features` must have equal shapes"),
-        ((8,), (8,), "must be 2-D"),
-        ((2, 4, 8), (2, 4, 8), "must be 2-D"),
-    ],
-)
+@pytest.mark.parametrize(("image_shape", "text_shape", "match"), BAD_FEATURE_SHAPES)
 def test_bad_feature_shapes_raise(image_shape, text_shape, match) -> None:
     with pytest.raises(ValueError, match=match):
         clip_loss(torch.randn(image_shape), torch.randn(text_shape), 10.0)

@@ -33,7 +33,9 @@ def global_inputs(sizes: tuple[int, ...]) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(sum(sizes) * 7 + len(sizes))
     n = sum(sizes)
     image = F.normalize(torch.randn(n, DIM, generator=generator, dtype=torch.float64), dim=-1)
-    text = F.normalize(image + torch.randn(n, DIM, generator=generator, dtype=torch.float64), dim=-1)
+    text = F.normalize(
+        image + torch.randn(n, DIM, generator=generator, dtype=torch.float64), dim=-1
+    )
     text[1] = text[0]  # a duplicated caption: ties inside the batch
     return {
         "image": image,
@@ -44,7 +46,9 @@ def global_inputs(sizes: tuple[int, ...]) -> dict[str, torch.Tensor]:
 
 
 def _grads(name, image, text, scale, bias):
-    image, text, scale, bias = (t.detach().clone().requires_grad_() for t in (image, text, scale, bias))
+    image, text, scale, bias = (
+        t.detach().clone().requires_grad_() for t in (image, text, scale, bias)
+    )
     loss = VARIANTS[name]()(image, text, scale, bias if name.startswith("siglip") else None)
     loss.backward()
     grad_bias = bias.grad if bias.grad is not None else torch.zeros(())
