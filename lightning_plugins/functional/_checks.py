@@ -63,6 +63,23 @@ def check_global_features(
         )
 
 
+def check_unit_norm(tolerance: float = 2e-2, **features: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first feature tensor whose rows are not unit length.
+
+    The tolerance admits half-precision round-off of normalised features.
+    """
+    for name, tensor in features.items():
+        norms = tensor.detach().float().norm(dim=-1)
+        norms = norms[torch.isfinite(norms)]  # non-finite rows get their own error later
+        worst = float((norms - 1).abs().max()) if norms.numel() else 0.0
+        if worst > tolerance:
+            raise ValueError(
+                f"`{name}` must be L2-normalised (rows of norm 1), but a row's norm differs "
+                f"from 1 by {worst:.3g}. Normalise with torch.nn.functional.normalize(x, "
+                "dim=-1), or pass `normalized=False` to the loss to skip this check."
+            )
+
+
 def explain_non_finite(what: str, **tensors: torch.Tensor | float | None) -> None:
     """Raise ``ValueError`` for a non-finite ``what``, naming the input that caused it.
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lightning_plugins.functional import clip_loss
+from lightning_plugins.functional._checks import check_unit_norm
 from lightning_plugins.functional.contrastive_rows import check_chunk_size
 from lightning_plugins.losses._global_batch import check_inputs, ensure_finite
 
@@ -39,10 +40,13 @@ class ClipLoss(nn.Module):
             the whole global batch).
         gather_with_grad: let gradients flow through gathered features to their rank.
         chunk_size: rows per block, or ``None`` to build the logits at once.
+        normalized: the features must be L2-normalised; checked on the first call (one
+            host sync), after which the check is skipped. ``False`` accepts any features.
 
     Raises:
         ValueError: ``chunk_size`` below 1 at construction; at call time, features of
-            unequal shape, a global batch of fewer than two pairs, an unknown
+            unequal shape, unnormalised features (first call, see ``normalized``), a
+            global batch of fewer than two pairs, an unknown
             ``reduction``, or non-finite inputs.
 
     Example:
@@ -56,13 +60,19 @@ class ClipLoss(nn.Module):
     """
 
     def __init__(
-        self, local_loss: bool = True, gather_with_grad: bool = True, chunk_size: int | None = None
+        self,
+        local_loss: bool = True,
+        gather_with_grad: bool = True,
+        chunk_size: int | None = None,
+        normalized: bool = True,
     ) -> None:
         super().__init__()
         check_chunk_size(chunk_size)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.chunk_size = chunk_size
+        self.normalized = normalized
+        self._norm_checked = False
 
     def forward(
         self,
@@ -86,6 +96,9 @@ class ClipLoss(nn.Module):
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
         batch = check_inputs(image_features, text_features, reduction)
+        if self.normalized and not self._norm_checked:
+            check_unit_norm(image_features=image_features, text_features=text_features)
+            self._norm_checked = True
         all_images = batch.gather(image_features, self.gather_with_grad)
         all_texts = batch.gather(text_features, self.gather_with_grad)
         if batch.world_size == 1 or not self.local_loss:

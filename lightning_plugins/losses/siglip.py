@@ -7,6 +7,7 @@ from torch import nn
 
 from lightning_plugins.distributed import neighbour_exchange
 from lightning_plugins.functional import siglip_loss
+from lightning_plugins.functional._checks import check_unit_norm
 from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
 from lightning_plugins.losses._global_batch import GlobalBatch, check_inputs, ensure_finite
 
@@ -37,10 +38,13 @@ class SigLipLoss(nn.Module):
     Args:
         chunk_size: image rows per block, or ``None`` to build each block at once.
         dist_impl: ``"ring"`` or ``"gather"``.
+        normalized: the features must be L2-normalised; checked on the first call (one
+            host sync), after which the check is skipped. ``False`` accepts any features.
 
     Raises:
         ValueError: ``chunk_size`` below 1 or an unknown ``dist_impl`` at construction;
-            at call time, features of unequal shape, a global batch of fewer than two
+            at call time, features of unequal shape, unnormalised features (first call,
+            see ``normalized``), a global batch of fewer than two
             pairs, an unknown ``reduction``, or non-finite inputs.
 
     Example:
@@ -53,12 +57,16 @@ class SigLipLoss(nn.Module):
         0.0201
     """
 
-    def __init__(self, chunk_size: int | None = None, dist_impl: str = "ring") -> None:
+    def __init__(
+        self, chunk_size: int | None = None, dist_impl: str = "ring", normalized: bool = True
+    ) -> None:
         super().__init__()
         check_chunk_size(chunk_size)
         if dist_impl not in _DIST_IMPLS:
             raise ValueError(f"`dist_impl` must be one of {_DIST_IMPLS}, got {dist_impl!r}.")
         self.chunk_size = chunk_size
+        self.normalized = normalized
+        self._norm_checked = False
         self.dist_impl = dist_impl
 
     def forward(
@@ -83,6 +91,9 @@ class SigLipLoss(nn.Module):
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
         """
         batch = check_inputs(image_features, text_features, reduction)
+        if self.normalized and not self._norm_checked:
+            check_unit_norm(image_features=image_features, text_features=text_features)
+            self._norm_checked = True
         if batch.world_size > 1 and self.dist_impl == "ring":
             per_sample = self._ring(image_features, text_features, logit_scale, logit_bias, batch)
         else:
