@@ -33,8 +33,9 @@ class ContrastiveImageText(pl.LightningModule):
 
     Training reduces :meth:`per_sample_loss` (its mean over the global batch), so
     callbacks that weight or select samples see the very loss that is optimised. After
-    every optimizer step the logit scale is clamped to ``[0, ln max_logit_scale]``. Norms, biases, and the logit scale and bias
-    get no weight decay (open_clip's rule, see :meth:`no_weight_decay`).
+    every optimizer step the logit scale is clamped to ``[0, ln max_logit_scale]``.
+    Norms, biases, and the logit scale and bias get no weight decay (open_clip's rule,
+    see :meth:`no_weight_decay`).
 
     Validation (and test) batches are dispatched by their keys: a batch with ``label`` is
     scored for zero-shot classification (class-name prompts averaged over templates),
