@@ -1,9 +1,20 @@
 """Pure functions on tensors: every formula of the library, once."""
 
 from lightning_plugins.functional.clip_loss import clip_loss
+from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
+from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
 from lightning_plugins.functional.retrieval import retrieval_recall
 from lightning_plugins.functional.siglip_loss import siglip_loss
 from lightning_plugins.functional.topk_correct import topk_correct
 
-__all__ = ["clip_loss", "first_occurrence", "retrieval_recall", "siglip_loss", "topk_correct"]
+__all__ = [
+    "clip_loss",
+    "cwcl_loss",
+    "first_occurrence",
+    "retrieval_recall",
+    "siglip_loss",
+    "sigmoid_row_loss",
+    "softmax_row_loss",
+    "topk_correct",
+]

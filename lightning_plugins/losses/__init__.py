@@ -1,6 +1,7 @@
 """Loss modules with open_clip's call signature; plain PyTorch, no Lightning."""
 
 from lightning_plugins.losses.clip import ClipLoss
+from lightning_plugins.losses.cwcl import CWCLLoss
 from lightning_plugins.losses.siglip import SigLipLoss
 
-__all__ = ["ClipLoss", "SigLipLoss"]
+__all__ = ["CWCLLoss", "ClipLoss", "SigLipLoss"]

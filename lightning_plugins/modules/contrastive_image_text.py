@@ -71,7 +71,8 @@ class ContrastiveImageText(pl.LightningModule):
 
     Raises:
         ValueError: for an unknown model, a missing checkpoint or tower, towers of unequal
-            width, an empty class list, a template without ``{}``, ``max_logit_scale`` not
+            width, a loss that needs a frozen tower (``CWCLLoss``) without locking it,
+            an empty class list, a template without ``{}``, ``max_logit_scale`` not
             above 1, an unknown scheduler interval, or locking both towers.
 
     Example:
@@ -120,6 +121,12 @@ class ContrastiveImageText(pl.LightningModule):
             )
         if lock_image and lock_text:
             raise ValueError("`lock_image` and `lock_text` are both True: nothing would train.")
+        frozen = getattr(loss, "frozen", None)  # CWCL-style losses weight by a frozen tower
+        if frozen in ("text", "image") and not (lock_text if frozen == "text" else lock_image):
+            raise ValueError(
+                f"`loss`={loss!r} takes its weights from the frozen {frozen} tower, but "
+                f"`lock_{frozen}` is False; set `lock_{frozen}=True` (or use ClipLoss)."
+            )
         if zero_shot_classes is not None and len(zero_shot_classes) == 0:
             raise ValueError("`zero_shot_classes` is empty; give class names or None.")
         if zero_shot_templates is not None:

@@ -206,3 +206,14 @@ def test_zero_shot_uses_given_classes_over_datamodule():
     expected = module.zero_shot_classifier(given, dm.templates)
     torch.testing.assert_close(module._zero_shot_classifier, expected)
     assert not torch.allclose(expected, module.zero_shot_classifier(dm.class_names, dm.templates))
+
+
+def test_cwcl_needs_its_frozen_tower_locked():
+    from lightning_plugins.losses import CWCLLoss
+
+    with pytest.raises(ValueError, match="`lock_text` is False"):
+        CLIP(model_name=MICRO, loss=CWCLLoss(frozen="text"))
+    with pytest.raises(ValueError, match="`lock_image` is False"):
+        CLIP(model_name=MICRO, loss=CWCLLoss(frozen="image"), lock_text=True)
+    module = CLIP(model_name=MICRO, loss=CWCLLoss(frozen="text"), lock_text=True)
+    assert module.per_sample_loss(batch()).shape == (4,)
