@@ -107,3 +107,22 @@ def test_module_entry_point_help():
         check=True,
     ).stdout
     assert "fit" in out and "validate" in out
+
+
+def test_loss_chosen_from_arguments(tmp_path):
+    cli = main(
+        [
+            "--model=CLIP",
+            "--model.model_name=ViT-Micro-P8-32",
+            "--model.loss=lightning_plugins.losses.SigLipLoss",
+            "--model.loss.chunk_size=4",
+            "--model.loss.dist_impl=gather",
+            "--data=SyntheticShapes",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    from lightning_plugins.losses import SigLipLoss
+
+    assert isinstance(cli.model.loss, SigLipLoss)
+    assert cli.model.loss.chunk_size == 4 and cli.model.loss.dist_impl == "gather"
