@@ -11,7 +11,10 @@ from lightning_plugins.functional._checks import (
     check_global_features,
     check_reduction,
 )
-from lightning_plugins.functional.contrastive_rows import softmax_row_loss
+from lightning_plugins.functional.contrastive_rows import (
+    softmax_row_loss,
+    symmetric_softmax_loss,
+)
 
 __all__ = ["clip_loss"]
 
@@ -73,14 +76,19 @@ def clip_loss(
         all_image_features=all_images,
         all_text_features=all_texts,
     )
-    if chunk_size is None and all_image_features is None and all_text_features is None:
-        # one batch, one matrix: the text->image logits are the transpose
-        logits_per_image = logit_scale * image_features @ text_features.T
-        labels = torch.arange(image_features.shape[0], device=image_features.device)
-        per_sample = (
-            F.cross_entropy(logits_per_image, labels, reduction="none")
-            + F.cross_entropy(logits_per_image.T, labels, reduction="none")
-        ) / 2
+    if all_image_features is None and all_text_features is None:
+        if chunk_size is None:
+            # one batch, one matrix: the text->image logits are the transpose
+            logits_per_image = logit_scale * image_features @ text_features.T
+            labels = torch.arange(image_features.shape[0], device=image_features.device)
+            per_sample = (
+                F.cross_entropy(logits_per_image, labels, reduction="none")
+                + F.cross_entropy(logits_per_image.T, labels, reduction="none")
+            ) / 2
+        else:
+            per_sample = symmetric_softmax_loss(
+                image_features, text_features, logit_scale, chunk_size
+            )
     else:
         per_sample = (
             softmax_row_loss(image_features, all_texts, logit_scale, label_offset, chunk_size)

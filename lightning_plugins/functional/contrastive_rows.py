@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_chunk_size", "sigmoid_row_loss", "softmax_row_loss"]
+__all__ = [
+    "check_chunk_size",
+    "sigmoid_row_loss",
+    "softmax_row_loss",
+    "symmetric_softmax_loss",
+]
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -37,24 +42,44 @@ def _targets(rows: int, label_offset: int, device: torch.device) -> torch.Tensor
     return torch.arange(rows, device=device) + label_offset
 
 
+def _block_logits(q: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor, bias=None):
+    """``scale * q @ keys.T (+ bias)`` with the scale applied to the small operand."""
+    logits = (q * scale) @ keys.T
+    return logits if bias is None else logits.add_(bias)
+
+
+def _diagonal(block: torch.Tensor, column_offset: int) -> torch.Tensor:
+    """View of the entries ``(i, column_offset + i)`` of a block."""
+    return block.diagonal(offset=column_offset)
+
+
+def _accumulate(grad_logits, q, keys, scale, grad_queries, grad_keys, start, stop):
+    """Gradients of ``scale * q @ keys.T`` from the block's ``d loss / d logits``.
+
+    Returns this block's ``d loss / d scale`` as ``sum_i q_i . (G @ keys)_i``, which needs
+    no second pass over the ``[k, N]`` block.
+    """
+    grad_times_keys = grad_logits @ keys
+    grad_queries[start:stop] = grad_times_keys * scale
+    grad_keys += (grad_logits.T @ q) * scale
+    return (q * grad_times_keys).sum(dtype=torch.float64)
+
+
 class _ChunkedSoftmaxRows(torch.autograd.Function):
     """Cross-entropy of each query row over all keys, target ``label_offset + row``."""
 
     @staticmethod
     def forward(ctx, queries, keys, scale, label_offset, chunk_size):  # type: ignore[override]
-        losses = []
-        lse_blocks = []
+        losses = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
+        lse = torch.empty_like(losses)
         for start in range(0, queries.shape[0], chunk_size):
-            q = queries[start : start + chunk_size]
-            logits = scale * (q @ keys.T)
-            lse = torch.logsumexp(logits, dim=1)
-            target = _targets(q.shape[0], label_offset + start, q.device)
-            positive = logits.gather(1, target[:, None]).squeeze(1)
-            losses.append(lse - positive)
-            lse_blocks.append(lse)
-        ctx.save_for_backward(queries, keys, scale, torch.cat(lse_blocks))
+            stop = min(start + chunk_size, queries.shape[0])
+            logits = _block_logits(queries[start:stop], keys, scale)
+            lse[start:stop] = torch.logsumexp(logits, dim=1)
+            losses[start:stop] = lse[start:stop] - _diagonal(logits, label_offset + start)
+        ctx.save_for_backward(queries, keys, scale, lse)
         ctx.label_offset, ctx.chunk_size = label_offset, chunk_size
-        return torch.cat(losses)
+        return losses
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
@@ -63,18 +88,65 @@ class _ChunkedSoftmaxRows(torch.autograd.Function):
         grad_keys = torch.zeros_like(keys)
         grad_scale = torch.zeros((), dtype=torch.float64, device=queries.device)
         for start in range(0, queries.shape[0], ctx.chunk_size):
-            stop = start + ctx.chunk_size
+            stop = min(start + ctx.chunk_size, queries.shape[0])
             q, g = queries[start:stop], grad_loss[start:stop]
-            raw = q @ keys.T
             # d loss_i / d logit_ij = softmax_ij - [j == target_i], times the upstream grad
-            grad_logits = torch.exp(scale * raw - lse[start:stop, None]) * g[:, None]
-            target = _targets(q.shape[0], ctx.label_offset + start, q.device)
-            grad_logits.scatter_add_(1, target[:, None], -g[:, None])
-            grad_scale += (grad_logits * raw).sum(dtype=torch.float64)
-            grad_logits = grad_logits * scale
-            grad_queries[start:stop] = grad_logits @ keys
-            grad_keys += grad_logits.T @ q
+            grad_logits = _block_logits(q, keys, scale).sub_(lse[start:stop, None]).exp_()
+            grad_logits.mul_(g[:, None])
+            _diagonal(grad_logits, ctx.label_offset + start).sub_(g)
+            grad_scale += _accumulate(
+                grad_logits, q, keys, scale, grad_queries, grad_keys, start, stop
+            )
         return grad_queries, grad_keys, grad_scale.to(scale.dtype), None, None
+
+
+class _ChunkedSymmetricSoftmax(torch.autograd.Function):
+    """CLIP's two cross-entropies of one square batch, from one pass over row blocks.
+
+    Row ``i`` of ``logits = scale * images @ texts.T`` gives image ``i``'s cross-entropy
+    over texts; column ``i`` gives text ``i``'s over images. Row log-sum-exps are exact per
+    block, column ones are accumulated online (running maximum and rescaled sum).
+    """
+
+    @staticmethod
+    def forward(ctx, images, texts, scale, chunk_size):  # type: ignore[override]
+        n = images.shape[0]
+        row_lse = torch.empty(n, dtype=images.dtype, device=images.device)
+        positive = torch.empty_like(row_lse)
+        col_max = torch.full_like(row_lse, float("-inf"))
+        col_sum = torch.zeros_like(row_lse)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            logits = _block_logits(images[start:stop], texts, scale)
+            row_lse[start:stop] = torch.logsumexp(logits, dim=1)
+            positive[start:stop] = _diagonal(logits, start)
+            new_max = torch.maximum(col_max, logits.max(dim=0).values)
+            col_sum.mul_(torch.exp(col_max - new_max)).add_(logits.sub_(new_max).exp_().sum(dim=0))
+            col_max = new_max
+        col_lse = col_max + col_sum.log()
+        ctx.save_for_backward(images, texts, scale, row_lse, col_lse)
+        ctx.chunk_size = chunk_size
+        return (row_lse + col_lse) / 2 - positive
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        images, texts, scale, row_lse, col_lse = ctx.saved_tensors
+        grad_images = torch.empty_like(images)
+        grad_texts = torch.zeros_like(texts)
+        grad_scale = torch.zeros((), dtype=torch.float64, device=images.device)
+        half = grad_loss / 2
+        for start in range(0, images.shape[0], ctx.chunk_size):
+            stop = min(start + ctx.chunk_size, images.shape[0])
+            q = images[start:stop]
+            logits = _block_logits(q, texts, scale)
+            by_column = (logits - col_lse).exp_().mul_(half)
+            grad_logits = logits.sub_(row_lse[start:stop, None]).exp_()
+            grad_logits.mul_(half[start:stop, None]).add_(by_column)
+            _diagonal(grad_logits, start).sub_(grad_loss[start:stop])
+            grad_scale += _accumulate(
+                grad_logits, q, texts, scale, grad_images, grad_texts, start, stop
+            )
+        return grad_images, grad_texts, grad_scale.to(scale.dtype), None
 
 
 class _ChunkedSigmoidRows(torch.autograd.Function):
@@ -82,14 +154,18 @@ class _ChunkedSigmoidRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries, keys, scale, bias, label_offset, chunk_size):  # type: ignore[override]
-        losses = []
+        losses = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
         for start in range(0, queries.shape[0], chunk_size):
-            q = queries[start : start + chunk_size]
-            logits = scale * (q @ keys.T) + bias
-            losses.append(-F.logsigmoid(_signed(logits, label_offset, start)).sum(dim=1))
+            stop = min(start + chunk_size, queries.shape[0])
+            logits = _block_logits(queries[start:stop], keys, scale, bias)
+            # -log sigmoid(-x) = softplus(x) for negatives; softplus(-x) = softplus(x) - x
+            row = F.softplus(logits).sum(dim=1)
+            if label_offset is not None:
+                row -= _diagonal(logits, label_offset + start)
+            losses[start:stop] = row
         ctx.save_for_backward(queries, keys, scale, bias)
         ctx.label_offset, ctx.chunk_size = label_offset, chunk_size
-        return torch.cat(losses)
+        return losses
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
@@ -99,18 +175,17 @@ class _ChunkedSigmoidRows(torch.autograd.Function):
         grad_scale = torch.zeros((), dtype=torch.float64, device=queries.device)
         grad_bias = torch.zeros((), dtype=torch.float64, device=queries.device)
         for start in range(0, queries.shape[0], ctx.chunk_size):
-            stop = start + ctx.chunk_size
+            stop = min(start + ctx.chunk_size, queries.shape[0])
             q, g = queries[start:stop], grad_loss[start:stop]
-            raw = q @ keys.T
-            signed = _signed(scale * raw + bias, ctx.label_offset, start)
-            # d/dz -log sigmoid(z) = -sigmoid(-z); z = label * logit
-            grad_logits = torch.sigmoid(-signed)
-            grad_logits = _signed(grad_logits, ctx.label_offset, start).neg_() * g[:, None]
-            grad_scale += (grad_logits * raw).sum(dtype=torch.float64)
+            # d/dx softplus(x) = sigmoid(x); positives subtract 1
+            grad_logits = _block_logits(q, keys, scale, bias).sigmoid_()
+            if ctx.label_offset is not None:
+                _diagonal(grad_logits, ctx.label_offset + start).sub_(1.0)
+            grad_logits.mul_(g[:, None])
             grad_bias += grad_logits.sum(dtype=torch.float64)
-            grad_logits = grad_logits * scale
-            grad_queries[start:stop] = grad_logits @ keys
-            grad_keys += grad_logits.T @ q
+            grad_scale += _accumulate(
+                grad_logits, q, keys, scale, grad_queries, grad_keys, start, stop
+            )
         return (
             grad_queries,
             grad_keys,
@@ -166,6 +241,39 @@ def softmax_row_loss(
         return _ChunkedSoftmaxRows.apply(
             queries, keys, _as_scalar(scale, queries), label_offset, chunk_size
         )
+
+
+def symmetric_softmax_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scale: torch.Tensor | float,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Per-pair CLIP loss of one square batch, in row blocks of ``chunk_size``.
+
+    Equals ``(softmax_row_loss(images, texts) + softmax_row_loss(texts, images)) / 2``
+    with one pass over the logits instead of two.
+
+    Args:
+        image_features: ``[N, D]``.
+        text_features: ``[N, D]``, row ``i`` the caption of image ``i``.
+        scale: scalar multiplying ``image_features @ text_features.T``.
+        chunk_size: image rows per block.
+
+    Returns:
+        ``[N]`` losses.
+
+    Example:
+        >>> x = torch.eye(4)
+        >>> two_way = (softmax_row_loss(x, x.roll(1, 0), 3.0)
+        ...            + softmax_row_loss(x.roll(1, 0), x, 3.0)) / 2
+        >>> torch.allclose(symmetric_softmax_loss(x, x.roll(1, 0), 3.0, 3), two_way)
+        True
+    """
+    check_chunk_size(chunk_size)
+    images, texts = _exact(image_features), _exact(text_features)
+    with torch.autocast(images.device.type, enabled=False):
+        return _ChunkedSymmetricSoftmax.apply(images, texts, _as_scalar(scale, images), chunk_size)
 
 
 def sigmoid_row_loss(

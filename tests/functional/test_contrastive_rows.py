@@ -147,3 +147,24 @@ def test_unnormalised_features_are_rejected_on_first_call(loss):
     loss(image, 3 * text, scale, bias)
     relaxed = type(loss)(normalized=False)
     relaxed(2 * image, text, scale, bias)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 11])
+def test_symmetric_chunked_loss_with_uneven_upstream_gradients(chunk):
+    from lightning_plugins.functional.contrastive_rows import symmetric_softmax_loss
+
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randn(11, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(11, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(11, generator=generator, dtype=torch.float64)
+    tensors = [image, text, scale]
+    two_way = (softmax_row_loss(image, text, scale) + softmax_row_loss(text, image, scale)) / 2
+    fused = symmetric_softmax_loss(image, text, scale, chunk)
+    torch.testing.assert_close(fused, two_way, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        grads((fused * weights).sum(), tensors),
+        grads((two_way * weights).sum(), tensors),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
