@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lightning_plugins.functional import clip_loss
-from lightning_plugins.functional._checks import check_unit_norm
 from lightning_plugins.functional.contrastive_rows import check_chunk_size
-from lightning_plugins.losses._global_batch import check_inputs, ensure_finite
+from lightning_plugins.losses._global_batch import GlobalBatch
+from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
 
 __all__ = ["ClipLoss"]
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(ContrastiveLoss):
     """Symmetric image-text InfoNCE over the global batch.
 
     Call signature as open_clip's ``ClipLoss``: L2-normalised features and
@@ -66,39 +65,22 @@ class ClipLoss(nn.Module):
         chunk_size: int | None = None,
         normalized: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(normalized)
         check_chunk_size(chunk_size)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.chunk_size = chunk_size
-        self.normalized = normalized
-        self._norm_checked = False
 
-    def forward(
+    def global_loss(
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-        reduction: str = "mean",
+        logit_bias: torch.Tensor | None,
+        batch: GlobalBatch,
+        reduction: str,
     ) -> torch.Tensor:
-        """Loss of the local rows against the global batch.
-
-        Args:
-            image_features: ``[B, D]`` normalised image embeddings of this rank.
-            text_features: ``[B, D]`` normalised text embeddings of this rank.
-            logit_scale: exponentiated scale (scalar tensor).
-            logit_bias: ignored (softmax is shift-invariant).
-            reduction: ``"mean"`` (this rank's share of the global mean: DDP's gradient
-                averaging completes it), ``"sum"`` or ``"none"`` (``[B]`` local rows).
-
-        Returns:
-            The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
-        """
-        batch = check_inputs(image_features, text_features, reduction)
-        if self.normalized and not self._norm_checked:
-            check_unit_norm(image_features=image_features, text_features=text_features)
-            self._norm_checked = True
+        """Local rows against the global batch, or the whole batch (``local_loss=False``)."""
         all_images = batch.gather(image_features, self.gather_with_grad)
         all_texts = batch.gather(text_features, self.gather_with_grad)
         if batch.world_size == 1 or not self.local_loss:
@@ -106,22 +88,15 @@ class ClipLoss(nn.Module):
                 all_images, all_texts, logit_scale, reduction="none", chunk_size=self.chunk_size
             )
             rows = every_row[batch.offset : batch.offset + image_features.shape[0]]
-            loss = every_row.mean() if reduction == "mean" else batch.reduce(rows, reduction)
-        else:
-            per_sample = clip_loss(
-                image_features,
-                text_features,
-                logit_scale,
-                all_image_features=all_images,
-                all_text_features=all_texts,
-                label_offset=batch.offset,
-                reduction="none",
-                chunk_size=self.chunk_size,
-            )
-            loss = batch.reduce(per_sample, reduction)
-        return ensure_finite(
-            loss,
-            image_features=image_features,
-            text_features=text_features,
-            logit_scale=logit_scale,
+            return every_row.mean() if reduction == "mean" else batch.reduce(rows, reduction)
+        per_sample = clip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            all_image_features=all_images,
+            all_text_features=all_texts,
+            label_offset=batch.offset,
+            reduction="none",
+            chunk_size=self.chunk_size,
         )
+        return batch.reduce(per_sample, reduction)

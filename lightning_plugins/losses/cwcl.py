@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
-from lightning_plugins.losses._global_batch import check_inputs, ensure_finite
+from lightning_plugins.losses._global_batch import GlobalBatch
+from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
 
 __all__ = ["CWCLLoss"]
 
 _MODALITIES = ("text", "image")
 
 
-class CWCLLoss(nn.Module):
+class CWCLLoss(ContrastiveLoss):
     """Continuously weighted contrastive loss (Srinivasa et al., NeurIPS 2023).
 
     For training one tower against a frozen, pretrained one (LiT-style): similarities
@@ -39,10 +39,12 @@ class CWCLLoss(nn.Module):
         frozen: the pretrained, frozen modality, ``"text"`` or ``"image"``.
         symmetric_soft: use the soft targets in the trained-to-frozen direction too
             (default: standard InfoNCE there, as in the reimplementations we found).
+        normalized: the features must be L2-normalised; checked on the first call.
 
     Raises:
         ValueError: at construction, for an unknown ``frozen``; at call time, for
-            features of unequal shape, a global batch of fewer than two pairs, an unknown
+            features of unequal shape, unnormalised features (first call), a global
+            batch of fewer than two pairs, an unknown
             ``reduction``, or non-finite inputs.
 
     Example:
@@ -60,8 +62,10 @@ class CWCLLoss(nn.Module):
         ValueError: `frozen` must be one of ('text', 'image'), got 'audio'.
     """
 
-    def __init__(self, frozen: str = "text", symmetric_soft: bool = False) -> None:
-        super().__init__()
+    def __init__(
+        self, frozen: str = "text", symmetric_soft: bool = False, normalized: bool = True
+    ) -> None:
+        super().__init__(normalized)
         if frozen not in _MODALITIES:
             raise ValueError(f"`frozen` must be one of {_MODALITIES}, got {frozen!r}.")
         if not isinstance(symmetric_soft, bool):
@@ -71,28 +75,16 @@ class CWCLLoss(nn.Module):
         self.frozen = frozen
         self.symmetric_soft = symmetric_soft
 
-    def forward(
+    def global_loss(
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-        reduction: str = "mean",
+        logit_bias: torch.Tensor | None,
+        batch: GlobalBatch,
+        reduction: str,
     ) -> torch.Tensor:
-        """Loss of the local rows against the global batch.
-
-        Args:
-            image_features: ``[B, D]`` normalised image embeddings of this rank.
-            text_features: ``[B, D]`` normalised text embeddings of this rank.
-            logit_scale: exponentiated scale (scalar tensor).
-            logit_bias: ignored (softmax is shift-invariant).
-            reduction: ``"mean"`` (this rank's share of the global mean: DDP's gradient
-                averaging completes it), ``"sum"`` or ``"none"`` (``[B]`` local rows).
-
-        Returns:
-            The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
-        """
-        batch = check_inputs(image_features, text_features, reduction)
+        """Local rows against the global batch, weights from the frozen modality."""
         per_sample = cwcl_loss(
             image_features,
             text_features,
@@ -104,13 +96,7 @@ class CWCLLoss(nn.Module):
             symmetric_soft=self.symmetric_soft,
             reduction="none",
         )
-        loss = batch.reduce(per_sample, reduction)
-        return ensure_finite(
-            loss,
-            image_features=image_features,
-            text_features=text_features,
-            logit_scale=logit_scale,
-        )
+        return batch.reduce(per_sample, reduction)
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lightning_plugins.distributed import neighbour_exchange
 from lightning_plugins.functional import siglip_loss
-from lightning_plugins.functional._checks import check_unit_norm
 from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
-from lightning_plugins.losses._global_batch import GlobalBatch, check_inputs, ensure_finite
+from lightning_plugins.losses._global_batch import GlobalBatch
+from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
 
 __all__ = ["SigLipLoss"]
 
 _DIST_IMPLS = ("ring", "gather")
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(ContrastiveLoss):
     """Pairwise sigmoid loss over the global batch.
 
     Call signature as open_clip's ``SigLipLoss``. Each rank scores its local images
@@ -60,7 +59,7 @@ class SigLipLoss(nn.Module):
     def __init__(
         self, chunk_size: int | None = None, dist_impl: str = "ring", normalized: bool = True
     ) -> None:
-        super().__init__()
+        super().__init__(normalized)
         check_chunk_size(chunk_size)
         if dist_impl not in _DIST_IMPLS:
             raise ValueError(f"`dist_impl` must be one of {_DIST_IMPLS}, got {dist_impl!r}.")
@@ -69,31 +68,16 @@ class SigLipLoss(nn.Module):
         self._norm_checked = False
         self.dist_impl = dist_impl
 
-    def forward(
+    def global_loss(
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-        reduction: str = "mean",
+        logit_bias: torch.Tensor | None,
+        batch: GlobalBatch,
+        reduction: str,
     ) -> torch.Tensor:
-        """Loss of the local images against the global batch of texts.
-
-        Args:
-            image_features: ``[B, D]`` normalised image embeddings of this rank.
-            text_features: ``[B, D]`` normalised text embeddings of this rank.
-            logit_scale: exponentiated scale (scalar tensor).
-            logit_bias: additive bias (scalar tensor) or ``None``.
-            reduction: ``"mean"`` (this rank's share of the global mean: DDP's gradient
-                averaging completes it), ``"sum"`` or ``"none"`` (per local image).
-
-        Returns:
-            The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
-        """
-        batch = check_inputs(image_features, text_features, reduction)
-        if self.normalized and not self._norm_checked:
-            check_unit_norm(image_features=image_features, text_features=text_features)
-            self._norm_checked = True
+        """Local images against every text of the global batch."""
         if batch.world_size > 1 and self.dist_impl == "ring":
             per_sample = self._ring(image_features, text_features, logit_scale, logit_bias, batch)
         else:
@@ -107,13 +91,7 @@ class SigLipLoss(nn.Module):
                 reduction="none",
                 chunk_size=self.chunk_size,
             )
-        return ensure_finite(
-            batch.reduce(per_sample, reduction),
-            image_features=image_features,
-            text_features=text_features,
-            logit_scale=logit_scale,
-            logit_bias=logit_bias,
-        )
+        return batch.reduce(per_sample, reduction)
 
     def _ring(
         self,
