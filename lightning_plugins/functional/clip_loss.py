@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
@@ -78,13 +77,12 @@ def clip_loss(
     )
     if all_image_features is None and all_text_features is None:
         if chunk_size is None:
-            # one batch, one matrix: the text->image logits are the transpose
-            logits_per_image = logit_scale * image_features @ text_features.T
-            labels = torch.arange(image_features.shape[0], device=image_features.device)
+            # One batch, one matrix: text->image is the softmax over its columns. Both
+            # log-softmaxes run along contiguous memory (a transposed view would not).
+            logits = logit_scale * image_features @ text_features.T
             per_sample = (
-                F.cross_entropy(logits_per_image, labels, reduction="none")
-                + F.cross_entropy(logits_per_image.T, labels, reduction="none")
-            ) / 2
+                -(logits.log_softmax(dim=1).diagonal() + logits.log_softmax(dim=0).diagonal()) / 2
+            )
         else:
             per_sample = symmetric_softmax_loss(
                 image_features, text_features, logit_scale, chunk_size
