@@ -311,7 +311,15 @@ def sigmoid_row_loss(
         logits = scale * queries @ keys.T  # open_clip's order of operations
         if bias is not None:
             logits = logits + bias
-        return -F.logsigmoid(_signed(logits, label_offset, 0)).sum(dim=1)
+        # -log sigmoid(-x) = softplus(x) for every pair, and -log sigmoid(x) =
+        # softplus(x) - x for the positives: no signed copy of the logits.
+        # softplus(x) is x itself past `threshold`; 40 keeps float64 exact too.
+        threshold = 40.0 if logits.dtype == torch.float64 else 20.0
+        per_row = F.softplus(logits, threshold=threshold).sum(dim=1)
+        if label_offset is not None:
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            per_row = per_row - logits[rows, rows + label_offset]
+        return per_row
     queries, keys = _exact(queries), _exact(keys)
     with torch.autocast(queries.device.type, enabled=False):
         return _ChunkedSigmoidRows.apply(

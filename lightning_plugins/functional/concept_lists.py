@@ -1,0 +1,122 @@
+"""Concept annotations of a set of samples as CSR arrays, and their checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import torch
+
+__all__ = ["ConceptLists", "concept_csr", "concept_frequencies"]
+
+ConceptLists: TypeAlias = (
+    torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[Sequence[int]]
+)
+"""Concept ids per sample, one entry per annotated object (duplicates encode multiplicity).
+
+Three forms are accepted: a padded ``[num_samples, max_objects]`` integer tensor with
+``-1`` for padding; CSR arrays ``(ids, offsets)`` where sample ``i`` holds
+``ids[offsets[i]:offsets[i + 1]]``; or a sequence of per-sample lists of ids.
+"""
+
+
+def concept_csr(
+    concepts: ConceptLists, num_concepts: int | None = None, name: str = "concepts"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concept annotations in CSR form ``(ids, offsets)``, both int64 on the CPU.
+
+    Args:
+        concepts: the annotations, in any form of :data:`ConceptLists`.
+        num_concepts: size of the concept vocabulary; ids must lie in
+            ``[0, num_concepts)``. ``None`` only requires non-negative ids.
+        name: the argument name used in error messages.
+
+    Returns:
+        ``ids`` (``[total_objects]``) and ``offsets`` (``[num_samples + 1]``).
+
+    Raises:
+        ValueError: for a malformed tensor, offsets that are not a valid partition of
+            ``ids``, or an id outside the vocabulary (padding other than ``-1`` included).
+
+    Example:
+        >>> ids, offsets = concept_csr(torch.tensor([[3, 3, -1], [-1, -1, -1], [0, 5, 1]]))
+        >>> ids.tolist(), offsets.tolist()
+        ([3, 3, 0, 5, 1], [0, 2, 2, 5])
+        >>> concept_csr([[3, 3], [], [0, 5, 1]])[1].tolist()
+        [0, 2, 2, 5]
+    """
+    if isinstance(concepts, torch.Tensor):
+        ids, offsets = _from_padded(concepts, name)
+    elif isinstance(concepts, tuple) and len(concepts) == 2 and isinstance(concepts[0], torch.Tensor):
+        ids, offsets = _from_csr(concepts[0], torch.as_tensor(concepts[1]), name)
+    else:
+        lengths = [len(row) for row in concepts]
+        flat = [int(c) for row in concepts for c in row]
+        ids = torch.tensor(flat, dtype=torch.long)
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+    _check_vocabulary(ids, num_concepts, name)
+    return ids, offsets
+
+
+def concept_frequencies(ids: torch.Tensor, offsets: torch.Tensor, num_concepts: int) -> torch.Tensor:
+    """Number of samples that contain each concept at least once (``[num_concepts]``).
+
+    Example:
+        >>> concept_frequencies(torch.tensor([3, 3, 0, 3]), torch.tensor([0, 2, 2, 4]), 5)
+        tensor([1, 0, 0, 2, 0])
+    """
+    rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
+    distinct = torch.unique(rows * num_concepts + ids)
+    return torch.bincount(distinct % num_concepts, minlength=num_concepts)
+
+
+def _from_padded(concepts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if concepts.ndim != 2 or concepts.dtype.is_floating_point or concepts.dtype == torch.bool:
+        raise ValueError(
+            f"`{name}` as a tensor must be a 2-D integer [num_samples, max_objects] tensor "
+            f"padded with -1, got dtype {concepts.dtype} and shape {tuple(concepts.shape)}."
+        )
+    concepts = concepts.detach().to("cpu", torch.long)
+    bad = concepts < -1
+    if bad.any():
+        raise ValueError(
+            f"`{name}` holds {int(concepts[bad][0])}; concept ids must be non-negative and "
+            "-1 is the only padding value."
+        )
+    mask = concepts >= 0
+    offsets = torch.zeros(concepts.shape[0] + 1, dtype=torch.long)
+    offsets[1:] = mask.sum(1).cumsum(0)
+    return concepts[mask], offsets
+
+
+def _from_csr(
+    ids: torch.Tensor, offsets: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if ids.ndim != 1 or offsets.ndim != 1 or ids.dtype.is_floating_point:
+        raise ValueError(
+            f"`{name}` as CSR arrays must be 1-D integer `(ids, offsets)`, got shapes "
+            f"{tuple(ids.shape)} and {tuple(offsets.shape)} with dtype {ids.dtype}."
+        )
+    offsets = offsets.to("cpu", torch.long)
+    if (
+        offsets.numel() < 1
+        or int(offsets[0]) != 0
+        or int(offsets[-1]) != ids.numel()
+        or bool((offsets.diff() < 0).any())
+    ):
+        raise ValueError(
+            f"`{name}` offsets must start at 0, never decrease and end at len(ids) = "
+            f"{ids.numel()}, got {offsets.tolist()[:8]}{'...' if offsets.numel() > 8 else ''}."
+        )
+    return ids.to("cpu", torch.long), offsets
+
+
+def _check_vocabulary(ids: torch.Tensor, num_concepts: int | None, name: str) -> None:
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (num_concepts is not None and high >= num_concepts):
+        allowed = "non-negative" if num_concepts is None else f"in [0, {num_concepts})"
+        bad = low if low < 0 else high
+        raise ValueError(f"`{name}` holds concept id {bad}; ids must be {allowed}.")
