@@ -9,9 +9,7 @@ import torch
 
 __all__ = ["ConceptLists", "concept_csr", "concept_frequencies"]
 
-ConceptLists: TypeAlias = (
-    torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[Sequence[int]]
-)
+ConceptLists: TypeAlias = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[Sequence[int]]
 """Concept ids per sample, one entry per annotated object (duplicates encode multiplicity).
 
 Three forms are accepted: a padded ``[num_samples, max_objects]`` integer tensor with
@@ -47,7 +45,7 @@ def concept_csr(
     """
     if isinstance(concepts, torch.Tensor):
         ids, offsets = _from_padded(concepts, name)
-    elif isinstance(concepts, tuple) and len(concepts) == 2 and isinstance(concepts[0], torch.Tensor):
+    elif isinstance(concepts, tuple) and isinstance(concepts[0], torch.Tensor):
         ids, offsets = _from_csr(concepts[0], torch.as_tensor(concepts[1]), name)
     else:
         lengths = [len(row) for row in concepts]
@@ -59,7 +57,9 @@ def concept_csr(
     return ids, offsets
 
 
-def concept_frequencies(ids: torch.Tensor, offsets: torch.Tensor, num_concepts: int) -> torch.Tensor:
+def concept_frequencies(
+    ids: torch.Tensor, offsets: torch.Tensor, num_concepts: int
+) -> torch.Tensor:
     """Number of samples that contain each concept at least once (``[num_concepts]``).
 
     Example:

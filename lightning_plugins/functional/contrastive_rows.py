@@ -196,16 +196,6 @@ class _ChunkedSigmoidRows(torch.autograd.Function):
         )
 
 
-def _signed(logits: torch.Tensor, label_offset: int | None, start: int) -> torch.Tensor:
-    """``label * logits``: -1 everywhere, +1 at ``(i, label_offset + start + i)``."""
-    signed = -logits
-    if label_offset is not None:
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        cols = rows + label_offset + start
-        signed[rows, cols] = logits[rows, cols]
-    return signed
-
-
 def softmax_row_loss(
     queries: torch.Tensor,
     keys: torch.Tensor,
