@@ -1,6 +1,12 @@
 """Pure functions on tensors: every formula of the library, once."""
 
+from lightning_plugins.functional.cabs_select import cabs_select
 from lightning_plugins.functional.clip_loss import clip_loss
+from lightning_plugins.functional.concept_statistics import (
+    concept_batch_statistics,
+    concept_histogram,
+    concept_histogram_statistics,
+)
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
@@ -9,7 +15,11 @@ from lightning_plugins.functional.siglip_loss import siglip_loss
 from lightning_plugins.functional.topk_correct import topk_correct
 
 __all__ = [
+    "cabs_select",
     "clip_loss",
+    "concept_batch_statistics",
+    "concept_histogram",
+    "concept_histogram_statistics",
     "cwcl_loss",
     "first_occurrence",
     "retrieval_recall",

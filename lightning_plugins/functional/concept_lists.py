@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 import torch
 
-__all__ = ["ConceptLists", "concept_csr", "concept_frequencies"]
+__all__ = ["ConceptLists", "concept_csr", "concept_frequencies", "concept_rows"]
 
 ConceptLists: TypeAlias = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[Sequence[int]]
 """Concept ids per sample, one entry per annotated object (duplicates encode multiplicity).
@@ -58,17 +58,26 @@ def concept_csr(
 
 
 def concept_frequencies(
-    ids: torch.Tensor, offsets: torch.Tensor, num_concepts: int
-) -> torch.Tensor:
+    ids: torch.Tensor, offsets: torch.Tensor, num_concepts: int, per_sample: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Number of samples that contain each concept at least once (``[num_concepts]``).
 
+    With ``per_sample=True`` also the number of distinct concepts of each sample.
+
     Example:
-        >>> concept_frequencies(torch.tensor([3, 3, 0, 3]), torch.tensor([0, 2, 2, 4]), 5)
+        >>> ids, offsets = torch.tensor([3, 3, 0, 3]), torch.tensor([0, 2, 2, 4])
+        >>> concept_frequencies(ids, offsets, 5)
         tensor([1, 0, 0, 2, 0])
+        >>> concept_frequencies(ids, offsets, 5, per_sample=True)[1]
+        tensor([1, 0, 2])
     """
-    rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
+    num_samples = offsets.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(num_samples), offsets.diff())
     distinct = torch.unique(rows * num_concepts + ids)
-    return torch.bincount(distinct % num_concepts, minlength=num_concepts)
+    frequencies = torch.bincount(distinct % num_concepts, minlength=num_concepts)
+    if not per_sample:
+        return frequencies
+    return frequencies, torch.bincount(distinct // num_concepts, minlength=num_samples)
 
 
 def _from_padded(concepts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,3 +129,22 @@ def _check_vocabulary(ids: torch.Tensor, num_concepts: int | None, name: str) ->
         allowed = "non-negative" if num_concepts is None else f"in [0, {num_concepts})"
         bad = low if low < 0 else high
         raise ValueError(f"`{name}` holds concept id {bad}; ids must be {allowed}.")
+
+
+def concept_rows(
+    ids: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR arrays of the samples ``rows`` (in that order) of ``(ids, offsets)``.
+
+    Example:
+        >>> ids, offsets = concept_csr([[1, 2], [], [3], [4, 4, 4]])
+        >>> sub_ids, sub_offsets = concept_rows(ids, offsets, torch.tensor([3, 0]))
+        >>> sub_ids.tolist(), sub_offsets.tolist()
+        ([4, 4, 4, 1, 2], [0, 3, 5])
+    """
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    sub_offsets = torch.zeros(rows.numel() + 1, dtype=torch.long)
+    sub_offsets[1:] = lengths.cumsum(0)
+    # position j of the output reads ids[starts[row(j)] + (j - sub_offsets[row(j)])]
+    shift = torch.repeat_interleave(starts - sub_offsets[:-1], lengths)
+    return ids[torch.arange(int(sub_offsets[-1])) + shift], sub_offsets

@@ -1,5 +1,7 @@
-"""Samplers for map-style datasets; plain PyTorch, no Lightning."""
+"""Samplers and sampling datasets that steer what each batch holds; plain PyTorch, no Lightning."""
 
+from lightning_plugins.sampling.concept_aware_batch_sampler import ConceptAwareBatchSampler
+from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 
-__all__ = ["ShuffleSampler"]
+__all__ = ["ConceptAwareBatchSampler", "ConceptAwareStream", "ShuffleSampler"]

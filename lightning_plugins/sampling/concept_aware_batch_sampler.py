@@ -1,0 +1,259 @@
+"""Concept-Aware Batch Sampling (CABS) for map-style datasets, selecting on metadata only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, Sampler
+
+from lightning_plugins.functional.cabs_select import (
+    CABS_VARIANTS,
+    cabs_select,
+    check_cabs_targets,
+)
+from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr, concept_rows
+from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
+
+__all__ = ["ConceptAwareBatchSampler", "super_batch_size"]
+
+_SEED_MIX = 1_000_003  # combines (seed, epoch, step, rank) into one generator seed
+
+
+def super_batch_size(batch_size: int, filter_ratio: float) -> int:
+    """Candidates per step and rank: ``batch_size / (1 - filter_ratio)``, rounded.
+
+    Example:
+        >>> super_batch_size(1024, 0.8)
+        5120
+    """
+    return max(batch_size, round(batch_size / (1.0 - filter_ratio)))
+
+
+class ConceptAwareBatchSampler(BatchSampler):
+    """Batches chosen by CABS from super-batches, using concept annotations only.
+
+    Each step, every rank takes its share of a global super-batch of
+    ``num_replicas * super_batch`` candidates (``super_batch = batch_size / (1 -
+    filter_ratio)``) and keeps ``batch_size`` of them with
+    :func:`~lightning_plugins.functional.cabs_select`. The choice reads the annotations
+    held here, so the DataLoader loads and decodes only the chosen samples. The
+    candidates of an epoch are a permutation drawn from ``(seed, epoch)``; the last
+    incomplete global super-batch is dropped.
+
+    Under DDP every rank yields exactly ``batch_size`` indices per step, the ranks'
+    candidates (so their batches) are disjoint, and the DM targets are computed from the
+    *global* super-batch: uniform over the concepts present in it (or the user's
+    ``targets``), the same on every rank without any communication. Each rank selects
+    from its own candidates with the per-rank ``cap``, as the reference does per GPU.
+
+    Lightning needs no extra flag: create the sampler in ``train_dataloader`` and, under
+    DDP, Lightning hands it a ``DistributedSampler`` as ``sampler``, from which it takes
+    the epoch, the number of replicas and the rank (never the order). Without one, it
+    asks ``torch.distributed`` when initialised, else assumes one process.
+
+    ``state_dict()`` holds the epoch, the batches already yielded and the current
+    targets; torchdata's ``StatefulDataLoader`` stores it in checkpoints, and a resumed
+    run continues with exactly the batches it would have seen.
+
+    Args:
+        concepts: concept ids of every dataset sample (see
+            :data:`~lightning_plugins.functional.concept_lists.ConceptLists`). Samples
+            without concepts are allowed and are picked last.
+        batch_size: indices per batch and rank.
+        filter_ratio: share of the candidates dropped, in ``[0, 1)`` (0.8 in the paper).
+        variant: ``"dm"`` (diversity maximisation) or ``"fm"`` (frequency maximisation).
+        targets: a distribution over the concept vocabulary for DM, or ``None`` for
+            uniform over the concepts of each global super-batch.
+        cap: most occurrences of one concept per batch and rank (DM), or ``None``.
+        seed: seed of the candidate order and of DM's tie-breaking.
+        num_concepts: vocabulary size; defaults to ``len(targets)``, else the largest id
+            plus one.
+        sampler: set by Lightning under DDP; supplies epoch, replicas and rank only.
+        num_replicas: number of ranks, overriding what ``sampler`` or
+            ``torch.distributed`` say.
+        rank: this rank, in ``[0, num_replicas)``.
+
+    Raises:
+        ValueError: for a bad ``batch_size``, ``filter_ratio``, ``variant``, ``cap``,
+            ``targets``, an id outside the vocabulary, a super-batch larger than the
+            dataset, or an inconsistent ``num_replicas`` / ``rank``.
+
+    Example:
+        >>> concepts = [[i % 7] * (1 + i % 3) for i in range(40)]
+        >>> sampler = ConceptAwareBatchSampler(concepts, batch_size=4, filter_ratio=0.5)
+        >>> len(sampler), [len(batch) for batch in sampler]
+        (5, [4, 4, 4, 4, 4])
+        >>> it = iter(sampler)
+        >>> seen = [next(it), next(it)]
+        >>> resumed = ConceptAwareBatchSampler(concepts, batch_size=4, filter_ratio=0.5)
+        >>> resumed.load_state_dict(sampler.state_dict())
+        >>> seen + list(resumed) == list(sampler)
+        True
+    """
+
+    def __init__(
+        self,
+        concepts: ConceptLists,
+        batch_size: int,
+        filter_ratio: float = 0.8,
+        variant: str = "dm",
+        targets: torch.Tensor | Sequence[float] | None = None,
+        cap: int | None = 10,
+        seed: int = 0,
+        num_concepts: int | None = None,
+        sampler: Sampler[int] | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if not 0.0 <= filter_ratio < 1.0:
+            raise ValueError(f"`filter_ratio` must be in [0, 1), got {filter_ratio!r}.")
+        if variant not in CABS_VARIANTS:
+            raise ValueError(f"`variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
+        if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
+            raise ValueError(f"`cap` must be a positive integer or None, got {cap!r}.")
+        if targets is not None:
+            targets = check_cabs_targets(torch.as_tensor(targets))
+            if num_concepts is not None and targets.numel() != num_concepts:
+                raise ValueError(
+                    f"`targets` must have one entry per concept ({num_concepts}), got "
+                    f"{targets.numel()}."
+                )
+            num_concepts = targets.numel()
+        self.ids, self.offsets = concept_csr(concepts, num_concepts)
+        self.num_samples = self.offsets.numel() - 1
+        self.num_concepts = (
+            num_concepts
+            if num_concepts is not None
+            else (int(self.ids.max()) + 1 if self.ids.numel() else 1)
+        )
+        self.batch_size = batch_size
+        self.filter_ratio = float(filter_ratio)
+        self.super_batch = super_batch_size(batch_size, self.filter_ratio)
+        if self.super_batch > self.num_samples:
+            raise ValueError(
+                f"`batch_size` {batch_size} at `filter_ratio` {filter_ratio} needs super-batches "
+                f"of {self.super_batch} candidates, more than the {self.num_samples} samples "
+                "of the dataset; lower one of them."
+            )
+        self.variant = variant
+        self.targets = targets
+        self.cap = cap
+        self.seed = seed
+        self.sampler = sampler if sampler is not None else ShuffleSampler(self.num_samples, seed)
+        self.drop_last = True  # an incomplete super-batch is never used
+        self._num_replicas, self._rank = num_replicas, rank
+        self._check_world(*self.world())
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
+
+    def world(self) -> tuple[int, int]:
+        """``(num_replicas, rank)`` this sampler works with."""
+        if self._num_replicas is not None:
+            return self._num_replicas, 0 if self._rank is None else self._rank
+        if hasattr(self.sampler, "num_replicas") and hasattr(self.sampler, "rank"):
+            return int(self.sampler.num_replicas), int(self.sampler.rank)
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch, as set on ``sampler`` by Lightning's ``set_epoch``."""
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the candidate order of ``epoch`` (forwarded to ``sampler``)."""
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+    def set_targets(self, targets: torch.Tensor | Sequence[float] | None) -> None:
+        """Steer DM towards ``targets`` (a distribution over concepts) from the next batch."""
+        if targets is not None:
+            targets = check_cabs_targets(torch.as_tensor(targets))
+            if targets.numel() != self.num_concepts:
+                raise ValueError(
+                    f"`targets` must have one entry per concept ({self.num_concepts}), got "
+                    f"{targets.numel()}."
+                )
+        self.targets = targets
+
+    def __len__(self) -> int:
+        num_replicas, _ = self.world()
+        return self.num_samples // (num_replicas * self.super_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        num_replicas, rank = self.world()
+        self._check_world(num_replicas, rank)
+        epoch = self.epoch
+        skip = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            skip = self._resume[1]
+        self._resume = None
+        order = torch.randperm(
+            self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch)
+        )
+        global_size = num_replicas * self.super_batch
+        self._yielded = skip
+        for step in range(skip, len(self)):
+            candidates = order[step * global_size : (step + 1) * global_size]
+            batch = self._select(candidates, step, epoch, rank)
+            self._yielded += 1
+            yield batch
+
+    def _select(self, candidates: torch.Tensor, step: int, epoch: int, rank: int) -> list[int]:
+        """This rank's batch from the global super-batch ``candidates``."""
+        local = candidates[rank * self.super_batch : (rank + 1) * self.super_batch]
+        local_ids, local_offsets = concept_rows(self.ids, self.offsets, local)
+        targets = None
+        if self.variant == "dm":
+            targets = self.targets
+            if targets is None:  # uniform over the concepts of the global super-batch
+                global_ids, _ = concept_rows(self.ids, self.offsets, candidates)
+                present = torch.zeros(self.num_concepts, dtype=torch.float64)
+                present[global_ids] = 1.0
+                targets = present / present.sum().clamp(min=1.0)
+                if not present.any():  # no annotations at all: any distribution will do
+                    targets = torch.full((self.num_concepts,), 1.0 / self.num_concepts)
+        seed = ((self.seed * _SEED_MIX + epoch) * _SEED_MIX + step) * _SEED_MIX + rank
+        chosen = cabs_select(
+            (local_ids, local_offsets),
+            self.batch_size,
+            self.variant,
+            targets=targets,
+            cap=self.cap,
+            generator=torch.Generator().manual_seed(seed % (2**63)),
+            num_concepts=self.num_concepts,
+        )
+        return local[chosen].tolist()
+
+    def _check_world(self, num_replicas: int, rank: int) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"`rank` must be in [0, num_replicas), got rank {rank} and num_replicas "
+                f"{num_replicas}."
+            )
+        if self.num_samples < num_replicas * self.super_batch:
+            raise ValueError(
+                f"{num_replicas} ranks x {self.super_batch} candidates per super-batch need "
+                f"more than the {self.num_samples} samples of the dataset; lower `batch_size` "
+                "or `filter_ratio`."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch, the batches yielded in it, and the current targets."""
+        return {
+            "epoch": self.epoch,
+            "yielded": self._yielded,
+            "targets": None if self.targets is None else self.targets.clone(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue after the batches already yielded in the saved epoch."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["yielded"]))
+        self.set_epoch(int(state_dict["epoch"]))
+        self.set_targets(state_dict.get("targets"))
