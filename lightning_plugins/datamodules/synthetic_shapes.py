@@ -20,12 +20,13 @@ from lightning_plugins.datamodules.shapes_scene import (
     num_caption_templates,
     zipf_probabilities,
 )
-from lightning_plugins.sampling import ShuffleSampler
+from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("one {}", "a picture of one {}", "an image with one {}")
 _STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
+SAMPLING_MODES = ("iid", "cabs")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -197,10 +198,20 @@ class SyntheticShapes(pl.LightningDataModule):
         max_objects: most objects per training image, 1 to 4.
         zipf_exponent: long-tail strength; 0 is uniform.
         seed: seed of all data.
+        sampling: ``"iid"`` (shuffled batches) or ``"cabs"`` (Concept-Aware Batch
+            Sampling: a :class:`~lightning_plugins.sampling.ConceptAwareBatchSampler`
+            chooses each batch from a super-batch by concept annotations, before any
+            image is drawn).
+        filter_ratio: CABS: share of each super-batch dropped, in ``[0, 1)``.
+        cabs_variant: CABS: ``"dm"`` (diversity) or ``"fm"`` (most objects first).
+        cabs_cap: CABS DM: most occurrences of one concept per batch, or ``None``.
+        cabs_targets: CABS DM: a target distribution over the 64 concepts, or ``None``
+            for uniform over the concepts of each super-batch.
 
     Raises:
         ValueError: for sizes below 1, ``max_objects`` outside 1-4, ``image_size`` below
-            16 or a negative ``zipf_exponent``.
+            16, a negative ``zipf_exponent``, an unknown ``sampling``, or CABS settings
+            the sampler rejects.
 
     Example:
         >>> dm = SyntheticShapes(batch_size=8, train_size=32)
@@ -223,6 +234,11 @@ class SyntheticShapes(pl.LightningDataModule):
         max_objects: int = 4,
         zipf_exponent: float = 1.0,
         seed: int = 0,
+        sampling: str = "iid",
+        filter_ratio: float = 0.8,
+        cabs_variant: str = "dm",
+        cabs_cap: int | None = 10,
+        cabs_targets: list[float] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -241,6 +257,8 @@ class SyntheticShapes(pl.LightningDataModule):
             raise ValueError(f"`image_size` must be at least 16 pixels, got {image_size}.")
         if zipf_exponent < 0:
             raise ValueError(f"`zipf_exponent` must be non-negative, got {zipf_exponent}.")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -267,6 +285,38 @@ class SyntheticShapes(pl.LightningDataModule):
         self.zero_shot_set = ShapesClassification(
             zero_shot_size, self.num_concepts, seed, image_size
         )
+        self.sampling = sampling
+        self.cabs = {
+            "filter_ratio": filter_ratio,
+            "variant": cabs_variant,
+            "cap": cabs_cap,
+            "targets": cabs_targets,
+        }
+        self._train_concepts: list[list[int]] | None = None
+        if sampling == "cabs":
+            self._cabs_sampler()  # check the CABS settings now, not at the first batch
+
+    @property
+    def train_concepts(self) -> list[list[int]]:
+        """Concept ids of every training sample (computed once, without drawing)."""
+        if self._train_concepts is None:
+            self._train_concepts = [self.train_set.concepts(i) for i in range(len(self.train_set))]
+        return self._train_concepts
+
+    @property
+    def concept_frequencies(self) -> torch.Tensor:
+        """Occurrences of each concept in the training set (what IID batches show)."""
+        flat = [c for row in self.train_concepts for c in row]
+        return torch.bincount(torch.tensor(flat, dtype=torch.long), minlength=self.num_concepts)
+
+    def _cabs_sampler(self) -> ConceptAwareBatchSampler:
+        return ConceptAwareBatchSampler(
+            self.train_concepts,
+            self.batch_size,
+            seed=self.seed,
+            num_concepts=self.num_concepts,
+            **self.cabs,
+        )
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
@@ -277,13 +327,21 @@ class SyntheticShapes(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> StatefulDataLoader:
-        """Image-caption pairs, shuffled per epoch from ``(seed, epoch)``.
+        """Image-caption pairs, shuffled per epoch from ``(seed, epoch)``, or CABS batches.
 
-        A ``StatefulDataLoader`` over a :class:`ShuffleSampler`: Lightning saves its
-        position in checkpoints, so a run resumed from a mid-epoch checkpoint sees exactly
-        the batches it would have seen. Under DDP Lightning wraps the sampler in a
-        distributed one, deterministic per epoch.
+        A ``StatefulDataLoader`` over a :class:`ShuffleSampler` (``sampling="iid"``) or a
+        :class:`ConceptAwareBatchSampler` (``"cabs"``): Lightning saves its position in
+        checkpoints, so a run resumed from a mid-epoch checkpoint sees exactly the
+        batches it would have seen. Under DDP Lightning hands each a distributed sampler;
+        both stay deterministic per epoch and give every rank its own samples.
         """
+        if self.sampling == "cabs":
+            return StatefulDataLoader(
+                self.train_set,
+                batch_sampler=self._cabs_sampler(),
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
         return StatefulDataLoader(
             self.train_set,
             batch_size=self.batch_size,

@@ -194,42 +194,60 @@ class ConceptAwareBatchSampler(BatchSampler):
         if self._resume is not None and self._resume[0] == epoch:
             skip = self._resume[1]
         self._resume = None
-        order = torch.randperm(
-            self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch)
-        )
+        self._yielded = skip  # now, not at the first batch: a state saved before it is right
+        return self._batches(self._order(epoch), skip, epoch, num_replicas, rank)
+
+    def _batches(
+        self, order: torch.Tensor, skip: int, epoch: int, num_replicas: int, rank: int
+    ) -> Iterator[list[int]]:
         global_size = num_replicas * self.super_batch
-        self._yielded = skip
         for step in range(skip, len(self)):
             candidates = order[step * global_size : (step + 1) * global_size]
             batch = self._select(candidates, step, epoch, rank)
             self._yielded += 1
             yield batch
 
+    def step_targets(self, candidates: torch.Tensor) -> torch.Tensor | None:
+        """DM targets for the global super-batch ``candidates``, the same on every rank.
+
+        The user's ``targets`` when set, else uniform over the concepts present in the
+        global super-batch; ``None`` for FM.
+        """
+        if self.variant != "dm":
+            return None
+        if self.targets is not None:
+            return self.targets
+        global_ids, _ = concept_rows(self.ids, self.offsets, candidates)
+        present = torch.zeros(self.num_concepts, dtype=torch.float64)
+        present[global_ids] = 1.0
+        if not present.any():  # no annotations at all: any distribution will do
+            return torch.full((self.num_concepts,), 1.0 / self.num_concepts, dtype=torch.float64)
+        return present / present.sum()
+
     def _select(self, candidates: torch.Tensor, step: int, epoch: int, rank: int) -> list[int]:
         """This rank's batch from the global super-batch ``candidates``."""
         local = candidates[rank * self.super_batch : (rank + 1) * self.super_batch]
-        local_ids, local_offsets = concept_rows(self.ids, self.offsets, local)
-        targets = None
-        if self.variant == "dm":
-            targets = self.targets
-            if targets is None:  # uniform over the concepts of the global super-batch
-                global_ids, _ = concept_rows(self.ids, self.offsets, candidates)
-                present = torch.zeros(self.num_concepts, dtype=torch.float64)
-                present[global_ids] = 1.0
-                targets = present / present.sum().clamp(min=1.0)
-                if not present.any():  # no annotations at all: any distribution will do
-                    targets = torch.full((self.num_concepts,), 1.0 / self.num_concepts)
         seed = ((self.seed * _SEED_MIX + epoch) * _SEED_MIX + step) * _SEED_MIX + rank
         chosen = cabs_select(
-            (local_ids, local_offsets),
+            concept_rows(self.ids, self.offsets, local),
             self.batch_size,
             self.variant,
-            targets=targets,
+            targets=self.step_targets(candidates),
             cap=self.cap,
             generator=torch.Generator().manual_seed(seed % (2**63)),
             num_concepts=self.num_concepts,
         )
         return local[chosen].tolist()
+
+    def candidates(self, step: int) -> torch.Tensor:
+        """Dataset indices of the global super-batch of ``step`` in the current epoch."""
+        num_replicas, _ = self.world()
+        global_size = num_replicas * self.super_batch
+        return self._order(self.epoch)[step * global_size : (step + 1) * global_size]
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_samples, generator=generator)
 
     def _check_world(self, num_replicas: int, rank: int) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:

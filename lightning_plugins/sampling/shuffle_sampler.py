@@ -61,8 +61,11 @@ class ShuffleSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         skip, self._skip = self._skip, 0
-        self._yielded = skip
-        for index in order[skip:]:
+        self._yielded = skip  # now, not at the first index: a state saved before it is right
+        return self._indices(order[skip:])
+
+    def _indices(self, order: list[int]) -> Iterator[int]:
+        for index in order:
             self._yielded += 1
             yield index
 

@@ -264,8 +264,35 @@ def test_dataloaders(image_size, max_objects):
         ({"image_size": 8}, "image_size"),
         ({"zipf_exponent": -1.0}, "zipf_exponent"),
         ({"num_workers": -1}, "num_workers"),
+        ({"sampling": "balanced"}, "sampling"),
+        ({"sampling": "cabs", "filter_ratio": 1.0}, "filter_ratio"),
+        ({"sampling": "cabs", "cabs_variant": "xx"}, "variant"),
+        ({"sampling": "cabs", "cabs_cap": 0}, "cap"),
+        ({"sampling": "cabs", "cabs_targets": [1.0]}, "targets"),
+        ({"sampling": "cabs", "batch_size": 64, "train_size": 100}, "batch_size"),
     ],
 )
 def test_bad_arguments_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SyntheticShapes(**kwargs)
+
+
+@pytest.mark.parametrize("variant", ["dm", "fm"])
+def test_cabs_sampling_chooses_on_metadata(variant):
+    dm = SyntheticShapes(
+        batch_size=8, train_size=200, sampling="cabs", filter_ratio=0.75, cabs_variant=variant
+    )
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    sampler = loader.batch_sampler
+    assert len(batches) == len(sampler) == 200 // 32
+    for step, batch in enumerate(batches):
+        assert batch["image"].shape[0] == 8
+        assert set(batch["index"].tolist()) <= set(sampler.candidates(step).tolist())
+        for index, concepts in zip(batch["index"].tolist(), batch["concepts"], strict=True):
+            assert [c for c in concepts.tolist() if c >= 0] == dm.train_concepts[index]
+    if variant == "fm":  # FM keeps the samples with most objects
+        objects = [(b["concepts"] >= 0).sum(1).float().mean() for b in batches]
+        assert min(objects) > 2.5
+    frequencies = dm.concept_frequencies
+    assert frequencies.shape == (64,) and int(frequencies.sum()) == sum(map(len, dm.train_concepts))

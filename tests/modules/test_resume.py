@@ -11,7 +11,9 @@ from lightning_plugins.modules import CLIP
 MICRO = "ViT-Micro-P8-32"
 
 
-def run(root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0) -> CLIP:
+def run(
+    root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0, sampling="iid"
+) -> CLIP:
     pl.seed_everything(0)
     module = CLIP(
         model_name=MICRO,
@@ -19,7 +21,13 @@ def run(root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0) ->
     )
     # 4 batches per epoch: a checkpoint at step 3 is mid-epoch, the run crosses epochs
     dm = SyntheticShapes(
-        batch_size=4, train_size=16, zero_shot_size=64, retrieval_size=8, num_workers=num_workers
+        batch_size=4,
+        train_size=16 if sampling == "iid" else 32,  # CABS: 8 candidates per batch of 4
+        zero_shot_size=64,
+        retrieval_size=8,
+        num_workers=num_workers,
+        sampling=sampling,
+        filter_ratio=0.5,
     )
     callbacks = (
         [ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1)]
@@ -41,17 +49,25 @@ def run(root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0) ->
     return module
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["main_process", "one_worker"])
+@pytest.fixture(
+    scope="module",
+    params=[(0, "iid"), (1, "iid"), (1, "cabs")],
+    ids=["main_process", "one_worker", "cabs_one_worker"],
+)
 def uninterrupted(request, tmp_path_factory):
-    """A 7-step run that saves every 3 steps, with the data loaded in 0 or 1 workers."""
+    """A 7-step run that saves every 3 steps, data loaded in 0 or 1 workers, IID or CABS."""
     root = tmp_path_factory.mktemp("full")
-    return run(root, max_steps=7, save_every=3, num_workers=request.param), root, request.param
+    num_workers, sampling = request.param
+    module = run(root, max_steps=7, save_every=3, num_workers=num_workers, sampling=sampling)
+    return module, root, request.param
 
 
 @pytest.mark.parametrize("checkpoint", ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"])
 def test_mid_epoch_resume_continues_exactly(uninterrupted, tmp_path, checkpoint):
-    full, root, num_workers = uninterrupted
-    resumed = run(tmp_path, 7, ckpt_path=root / checkpoint, num_workers=num_workers)
+    full, root, (num_workers, sampling) = uninterrupted
+    resumed = run(
+        tmp_path, 7, ckpt_path=root / checkpoint, num_workers=num_workers, sampling=sampling
+    )
     for name, value in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
