@@ -1,9 +1,10 @@
 """LightningDataModules and the datasets behind them."""
 
+from lightning_plugins.datamodules.image_text import ImageTextDataModule
 from lightning_plugins.datamodules.synthetic_shapes import (
     ShapesClassification,
     ShapesPairs,
     SyntheticShapes,
 )
 
-__all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
+__all__ = ["ImageTextDataModule", "ShapesClassification", "ShapesPairs", "SyntheticShapes"]
