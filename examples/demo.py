@@ -77,7 +77,7 @@ def run(name: str, config: str, extra: list[str], steps: int | None) -> dict:
         result["batch_statistics"] = {
             key: float(value)
             for key, value in cli_run.trainer.callback_metrics.items()
-            if key.startswith("concepts/") and key.endswith("_epoch")
+            if key.startswith("concepts/")
         }
         result["concept_frequencies"] = cli_run.datamodule.concept_frequencies.tolist()
     return result
@@ -105,7 +105,8 @@ def sampling_table(results: dict) -> str:
         cells = [f"{100 * result['trained'][key]:.1f}%" for _, key in COLUMNS]
         stats = result.get("batch_statistics", {})
         cells += [
-            f"{stats.get(f'concepts/{key}_epoch', float('nan')):.2f}" for _, key in BATCH_COLUMNS
+            f"{stats.get(f'concepts/{key}_epoch', stats.get(f'concepts/{key}_step', 0.0)):.2f}"
+            for _, key in BATCH_COLUMNS
         ]
         row = [f"{label:<12}"] + [f"{c:>{len(col)}}" for c, col in zip(cells, columns, strict=True)]
         lines.append("| " + " | ".join(row) + " |")
@@ -137,7 +138,7 @@ def main() -> None:
     print("\nSyntheticShapes validation (chance: zero-shot 1.6%, R@1 0.2%)\n")
     print(table(results))
     print("\nCLIP trained on IID vs CABS batches (same steps, same seed; batch statistics are")
-    print("means over the training batches)\n")
+    print("means over the last epoch's training batches)\n")
     print(sampling_table(results))
     out = Path("runs/demo/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)
