@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -16,7 +19,8 @@ NO_CONCEPT_GAIN = -1.0
 """Gain of a sample without concepts: below any annotated sample, so it is picked last."""
 GAIN_SCALE = 2.0**32
 """Gains are rounded to multiples of ``1 / GAIN_SCALE``: exact sums, exact ties."""
-_ROUND_WIDTH = 64  # candidates ranked per round of the greedy
+_WINDOW = 256  # candidates in one round of the greedy
+_STALE_LIMIT = 16  # re-scorings in a row after which a round ends
 _TARGET_SUM_TOLERANCE = 1e-4
 
 
@@ -134,11 +138,8 @@ def cabs_select(
         )
     if variant == "fm":
         return torch.sort(offsets.diff(), descending=True, stable=True).indices[:batch_size]
-    vocabulary = num_concepts
-    if vocabulary is None:
-        vocabulary = int(ids.max()) + 1 if ids.numel() else 1
     order = torch.randperm(num_samples, generator=generator)
-    return _greedy_dm(ids, offsets, order, targets, vocabulary, batch_size, cap)
+    return _greedy_dm(ids, offsets, order, targets, batch_size, cap)
 
 
 def _stable_concept_order(ids: np.ndarray) -> np.ndarray:
@@ -155,37 +156,50 @@ def _greedy_dm(
     offsets: torch.Tensor,
     order: torch.Tensor,
     targets: torch.Tensor | None,
-    vocabulary: int,
     batch_size: int,
     cap: int | None,
 ) -> torch.Tensor:
-    """Greedy DM in rounds; each round takes the longest exact run of top candidates.
+    """Greedy DM: exact picks of the plain greedy, in rounds over a window of candidates.
 
-    A round ranks the best candidates (equal gains by rank in ``order``) and accepts them
-    one after another while each shares no concept with those accepted before it in the
-    round: such a candidate's gain is unchanged and every other gain can only have
-    fallen, so it is exactly the plain greedy's next pick. The first candidate that
-    shares a concept ends the round; the counts, and the gains of the samples holding a
-    concept whose term changed, are then updated in one vectorised step.
+    A round takes the window of samples whose gain is at least a threshold (a few hundred
+    of the best) and runs a lazy greedy on it: gains only fall as the batch fills, so the
+    window's queue holds upper bounds, and a popped sample whose re-computed gain is
+    unchanged is the best of the window. While that gain is at least the threshold it is
+    also better than every sample outside the window, hence exactly the plain greedy's
+    next pick (equal gains go to the lower rank in ``order``). When the window's best
+    falls below the threshold, the counts and the gains of every sample holding a changed
+    concept are updated in one vectorised step and the next round starts.
     """
-    state = _GreedyState(ids.numpy(), offsets.numpy(), order.numpy(), vocabulary)
+    state = _GreedyState(ids.numpy(), offsets.numpy(), order.numpy())
     if targets is None:  # uniform over the concepts present
-        present = state.frequencies > 0
-        targets = torch.from_numpy(present / max(int(present.sum()), 1))
-    state.start(cabs_target_counts(targets, batch_size, cap).numpy(), cap)
+        present = np.full(state.present.size, 1.0 / max(state.present.size, 1))
+    else:
+        present = targets.numpy()[state.present]
+    state.start(cabs_target_counts(torch.from_numpy(present), batch_size, cap).numpy(), cap)
     picked: list[int] = []
     while len(picked) < batch_size:
-        best = state.ranked(min(_ROUND_WIDTH, batch_size - len(picked)))
-        if not best:
+        queue, threshold = state.window()
+        if not queue:
             break  # every remaining sample would break a cap
-        used: set[int] = set()
-        accepted = []
-        for position in best:
-            row = state.row(position)
-            if not used.isdisjoint(row):
-                break
-            used.update(row)
-            accepted.append(position)
+        accepted: list[int] = []
+        stale = 0  # re-scorings since the last pick
+        while queue and len(picked) + len(accepted) < batch_size:
+            negative_gain, rank, position = queue[0]
+            gain = state.exact_gain(position)
+            if gain is None:  # it would break a cap now
+                heapq.heappop(queue)
+            elif -gain != negative_gain:  # a stale bound: re-queue with the true gain
+                heapq.heapreplace(queue, (-gain, rank, position))
+                stale += 1
+                if stale > _STALE_LIMIT and accepted:
+                    break  # cheaper to re-score everything at once
+            elif gain < threshold and accepted:
+                break  # a sample outside the window may be better now
+            else:
+                heapq.heappop(queue)
+                accepted.append(position)
+                state.count(position)
+                stale = 0
         picked.extend(accepted)
         state.take(accepted)
     if len(picked) < batch_size:  # fill in tie-break order; caps may break
@@ -204,44 +218,55 @@ class _GreedyState:
     picked or excluded by the cap.
     """
 
-    def __init__(
-        self, flat: np.ndarray, starts: np.ndarray, order: np.ndarray, vocabulary: int
-    ) -> None:
-        self.flat, self.starts, self.order = flat, starts, order
+    def __init__(self, flat: np.ndarray, starts: np.ndarray, order: np.ndarray) -> None:
+        self.starts, self.order = starts, order
         self.num_samples = starts.size - 1
         self.rank = np.empty(self.num_samples, dtype=np.int64)
         self.rank[order] = np.arange(self.num_samples)
         self.lengths = np.diff(starts)
         self.rows = np.repeat(np.arange(self.num_samples), self.lengths)
-        # occurrences grouped by concept, samples ascending within a concept
+        # Occurrences grouped by concept, samples ascending within a concept. Concepts are
+        # renumbered 0..K-1 over those present, so no array grows with the vocabulary.
         by_concept = _stable_concept_order(flat)
         concept_of = flat[by_concept]
         self.holder = self.rows[by_concept]
-        new_pair = np.ones(flat.size, dtype=bool)
-        new_pair[1:] = (concept_of[1:] != concept_of[:-1]) | (self.holder[1:] != self.holder[:-1])
+        new_concept = np.ones(flat.size, dtype=bool)
+        new_concept[1:] = concept_of[1:] != concept_of[:-1]
+        self.present = concept_of[new_concept]  # vocabulary id of each dense id
+        dense = np.cumsum(new_concept) - 1
+        self.flat = np.empty_like(flat)
+        self.flat[by_concept] = dense
+        new_pair = new_concept.copy()
+        new_pair[1:] |= self.holder[1:] != self.holder[:-1]
         pair = np.cumsum(new_pair) - 1
         self.multiplicity = np.bincount(pair)[pair]  # copies of the concept in its sample
-        self.max_multiplicity = np.ones(vocabulary, dtype=np.int64)
+        num_present = self.present.size
+        self.max_multiplicity = np.ones(num_present, dtype=np.int64)
         repeated = self.multiplicity > 1
-        np.maximum.at(self.max_multiplicity, concept_of[repeated], self.multiplicity[repeated])
-        self.frequencies = np.bincount(concept_of[new_pair], minlength=vocabulary)
-        self.concept_start = np.zeros(vocabulary + 1, dtype=np.int64)
-        self.concept_start[1:] = np.cumsum(np.bincount(flat, minlength=vocabulary))
-        self.inv_freq = 1.0 / np.maximum(self.frequencies, 1)
-        self.counts = np.zeros(vocabulary, dtype=np.int64)
+        np.maximum.at(self.max_multiplicity, dense[repeated], self.multiplicity[repeated])
+        self.frequencies = np.bincount(dense[new_pair], minlength=num_present)
+        self.concept_start = np.append(np.flatnonzero(new_concept), flat.size)
+        self.inv_freq = 1.0 / self.frequencies
+        self.counts = np.zeros(num_present, dtype=np.int64)
         self.starts_list = starts.tolist()
-        self.threshold = -np.inf
 
     def start(self, target_counts: np.ndarray, cap: int | None) -> None:
         """Gains on the empty batch."""
         self.targets = target_counts
         self.cap = np.inf if cap is None else cap
-        terms = self.term(self.flat, self.counts[self.flat])
+        concepts = np.arange(self.counts.size)
+        terms = self.term(concepts, self.counts)[self.flat]  # per concept, then gathered
         self.sums = np.bincount(self.rows, weights=terms, minlength=self.num_samples)
         self.gains = np.where(
             self.lengths > 0, self.sums / np.maximum(self.lengths, 1), NO_CONCEPT_GAIN
         )
         self.gains[self.holder[self.multiplicity > self.cap]] = -np.inf
+        self.counts_list = self.counts.tolist()
+        self.targets_list = target_counts.tolist()
+        self.inv_list = self.inv_freq.tolist()
+        repeats = np.zeros(self.num_samples, dtype=bool)
+        repeats[self.holder[self.multiplicity > 1]] = True
+        self.repeats_list = repeats.tolist()
 
     def term(self, concepts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Fixed-point gain of one occurrence of each of ``concepts`` at ``counts``."""
@@ -254,22 +279,62 @@ class _GreedyState:
         """Concept ids of one sample."""
         return self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
 
-    def ranked(self, width: int) -> list[int]:
-        """Up to ``width`` best samples, best first, equal gains by rank."""
-        candidates = np.flatnonzero(self.gains >= self.threshold)
-        if candidates.size < width or self.threshold == -np.inf:
-            # re-draw the threshold so that a few rounds find their candidates above it
-            alive = self.gains[self.gains > -np.inf]
-            if alive.size == 0:
-                return []
-            keep = min(alive.size, 4 * _ROUND_WIDTH)
-            self.threshold = np.partition(alive, alive.size - keep)[alive.size - keep]
-            candidates = np.flatnonzero(self.gains >= self.threshold)
-        best = candidates[np.lexsort((self.rank[candidates], -self.gains[candidates]))]
-        return best[:width].tolist()
+    def window(self) -> tuple[list[tuple[float, int, int]], float]:
+        """The samples with gain at least a threshold, as a sorted queue, and the threshold.
+
+        Every sample outside the window has a smaller gain than the threshold.
+        """
+        alive = self.gains[self.gains > -np.inf]
+        if alive.size == 0:
+            return [], -np.inf
+        keep = min(alive.size, _WINDOW)
+        threshold = float(np.partition(alive, alive.size - keep)[alive.size - keep])
+        inside = np.flatnonzero(self.gains >= threshold)
+        inside = inside[np.lexsort((self.rank[inside], -self.gains[inside]))]
+        keys = zip(
+            (-self.gains[inside]).tolist(), self.rank[inside].tolist(), inside.tolist(), strict=True
+        )
+        return list(keys), threshold  # sorted, hence a valid heap
+
+    def exact_gain(self, position: int) -> float | None:
+        """The gain of one sample at the current counts, as the vectorised ``term`` gives it.
+
+        ``None`` if adding the sample would break a cap.
+        """
+        row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
+        if not row:
+            return NO_CONCEPT_GAIN
+        counts, targets, inv_freq, cap = (
+            self.counts_list,
+            self.targets_list,
+            self.inv_list,
+            self.cap,
+        )
+        total = 0
+        for concept in row:
+            count = counts[concept]
+            if count >= cap:
+                return None
+            target = targets[concept]
+            value = (target - count) / target + inv_freq[concept] if count < target else -0.5
+            total += round(value * GAIN_SCALE)
+        if self.repeats_list[position]:
+            for concept, copies in Counter(row).items():
+                if counts[concept] + copies > cap:
+                    return None
+        return total / len(row)
+
+    def count(self, position: int) -> None:
+        """Add one sample's concepts to the Python-side counts (the arrays follow in ``take``)."""
+        for concept in self.flat[
+            self.starts_list[position] : self.starts_list[position + 1]
+        ].tolist():
+            self.counts_list[concept] += 1
 
     def take(self, picked: list[int]) -> None:
         """Add ``picked`` to the batch and re-score the samples whose gain changes."""
+        if not picked:
+            return
         self.gains[picked] = -np.inf
         positions = np.asarray(picked)
         changed = self.flat[_ranges(self.starts[positions], self.starts[positions + 1])]
