@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import heapq
+import numbers
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr
 
-__all__ = ["CABS_VARIANTS", "cabs_select", "cabs_target_counts", "check_cabs_targets"]
+__all__ = [
+    "CABS_VARIANTS",
+    "cabs_select",
+    "cabs_target_counts",
+    "check_cabs_arguments",
+    "check_cabs_targets",
+]
 
 CABS_VARIANTS = ("dm", "fm")
 OVER_TARGET_GAIN = -0.5
@@ -365,3 +373,50 @@ def _ranges(begin: np.ndarray, end: np.ndarray) -> np.ndarray:
     lengths = end - begin
     shift = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
     return np.arange(int(lengths.sum())) + shift
+
+
+def check_cabs_arguments(
+    filter_ratio: float,
+    variant: str,
+    cap: int | None,
+    targets: torch.Tensor | Sequence[float] | None = None,
+    prefix: str = "",
+) -> torch.Tensor | None:
+    """Check the CABS settings a sampler or datamodule takes; return ``targets`` checked.
+
+    Args:
+        filter_ratio: share of each super-batch dropped, a number in ``[0, 1)``.
+        variant: one of :data:`CABS_VARIANTS`.
+        cap: most occurrences of one concept per batch, a positive integer or ``None``.
+        targets: a distribution over the concept vocabulary (see
+            :func:`check_cabs_targets`), or ``None``.
+        prefix: prefix of the names ``variant``, ``cap`` and ``targets`` in the messages
+            (``"cabs_"`` for a datamodule's ``cabs_variant``, ``cabs_cap``, ...).
+
+    Returns:
+        ``targets`` as a float64 CPU tensor, or ``None``.
+
+    Raises:
+        ValueError: for an argument outside what is allowed, naming it and its value.
+
+    Example:
+        >>> check_cabs_arguments(0.8, "dm", 10, [0.25, 0.75]).tolist()
+        [0.25, 0.75]
+        >>> check_cabs_arguments(0.8, "xx", 10, prefix="cabs_")
+        Traceback (most recent call last):
+        ...
+        ValueError: `cabs_variant` must be one of ('dm', 'fm'), got 'xx'.
+    """
+    if isinstance(filter_ratio, bool) or not isinstance(filter_ratio, numbers.Real):
+        raise ValueError(f"`filter_ratio` must be a number in [0, 1), got {filter_ratio!r}.")
+    if not 0.0 <= filter_ratio < 1.0:
+        raise ValueError(f"`filter_ratio` must be in [0, 1), got {filter_ratio!r}.")
+    if variant not in CABS_VARIANTS:
+        raise ValueError(f"`{prefix}variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1
+    ):
+        raise ValueError(f"`{prefix}cap` must be a positive integer or None, got {cap!r}.")
+    if targets is None:
+        return None
+    return check_cabs_targets(torch.as_tensor(targets), f"{prefix}targets")

@@ -10,8 +10,8 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
 
 from lightning_plugins.functional.cabs_select import (
-    CABS_VARIANTS,
     cabs_select,
+    check_cabs_arguments,
     check_cabs_targets,
 )
 from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr, concept_rows
@@ -110,14 +110,8 @@ class ConceptAwareBatchSampler(BatchSampler):
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if not 0.0 <= filter_ratio < 1.0:
-            raise ValueError(f"`filter_ratio` must be in [0, 1), got {filter_ratio!r}.")
-        if variant not in CABS_VARIANTS:
-            raise ValueError(f"`variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
-        if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
-            raise ValueError(f"`cap` must be a positive integer or None, got {cap!r}.")
+        targets = check_cabs_arguments(filter_ratio, variant, cap, targets)
         if targets is not None:
-            targets = check_cabs_targets(torch.as_tensor(targets))
             if num_concepts is not None and targets.numel() != num_concepts:
                 raise ValueError(
                     f"`targets` must have one entry per concept ({num_concepts}), got "

@@ -14,6 +14,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_plugins.distributed import get_rank
 from lightning_plugins.functional.cabs_select import CABS_VARIANTS, cabs_select, check_cabs_targets
+from lightning_plugins.sampling.concept_aware_batch_sampler import super_batch_size
 
 __all__ = ["ConceptAwareStream"]
 
@@ -139,7 +140,7 @@ class ConceptAwareStream(IterableDataset[Sample]):
         self.source = source
         self.batch_size = int(batch_size)
         self.filter_ratio = float(filter_ratio)
-        self.super_batch_size = max(self.batch_size, round(self.batch_size / (1 - filter_ratio)))
+        self.super_batch_size = super_batch_size(self.batch_size, self.filter_ratio)
         self.variant = variant
         self.cap = None if cap is None else int(cap)
         self.seed = int(seed)

@@ -13,12 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lightning_plugins.datamodules import ImageTextDataModule, image_text
-from lightning_plugins.datamodules.image_text import (
-    DecodeSamples,
-    ImageTextShards,
-    expand_braces,
-)
+from lightning_plugins.datamodules import ImageTextDataModule, decoded_sample
+from lightning_plugins.datamodules.decode_samples import DecodeSamples
+from lightning_plugins.datamodules.expand_braces import expand_braces
+from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.sampling import ConceptAwareBatchSampler
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
 
@@ -205,8 +203,8 @@ def test_cabs_batches_are_the_samplers(data):
 @pytest.mark.parametrize("train", ["train.jsonl", SHARDS])
 def test_cabs_decodes_only_the_chosen_images(data, monkeypatch, train):
     decoded = []
-    original = image_text.decode_image
-    monkeypatch.setattr(image_text, "decode_image", lambda s: decoded.append(s) or original(s))
+    original = decoded_sample.decode_image
+    monkeypatch.setattr(decoded_sample, "decode_image", lambda s: decoded.append(s) or original(s))
     dm = datamodule(data, train, sampling="cabs", filter_ratio=0.75, cabs_variant="fm")
     got = indices(dm.train_dataloader())  # 24 candidates -> 1 or 2 batches of 4 kept
     assert len(got) >= 1 and all(len(batch) == 4 for batch in got)

@@ -1,0 +1,173 @@
+"""ImageTextShards: undecoded image-text samples read from tar shards, split over ranks."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lightning_plugins.datamodules.shard_samples import read_shard_sample, tar_groups
+from lightning_plugins.distributed import get_rank, get_world_size
+from lightning_plugins.functional.concept_lists import concept_csr
+
+__all__ = ["ImageTextShards"]
+
+
+class ImageTextShards(IterableDataset):
+    """Undecoded samples from tar shards in img2dataset / webdataset layout.
+
+    Every sample is a group of members ``<key>.jpg`` (or ``.jpeg``, ``.png``, ``.webp``),
+    ``<key>.txt`` (the caption; else the ``caption`` of the ``.json``) and optionally
+    ``<key>.json``. The dataset yields dicts with ``image_bytes`` (the encoded image),
+    ``caption``, ``index`` (int: the sample's position in all shards, from ``sizes``) and,
+    when ``concepts`` is given, ``concepts`` (a list of concept ids, looked up by index).
+    Images are not decoded here, so a selection step (such as
+    :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream`) can run
+    before :class:`~lightning_plugins.datamodules.decode_samples.DecodeSamples` decodes the
+    chosen ones.
+
+    The shards are split across DDP ranks and DataLoader workers: consumer ``r * W + w``
+    (rank ``r``, worker ``w`` of ``W``) reads every ``R * W``-th shard of the epoch's shard
+    order, so the number of shards should be a multiple of ``R * W``. With
+    ``shuffle=True`` the shard order is a permutation drawn from ``seed + epoch``; samples
+    inside a shard keep their order. With ``equalize=True`` every consumer stops after as
+    many samples as the smallest consumer's share holds, so every rank yields the same
+    number of samples (DDP needs equal numbers of batches); the dropped tail changes with
+    the epoch's shard order.
+
+    ``state_dict`` holds the epoch and the samples handed out in it; after
+    ``load_state_dict`` the next iteration skips them (whole shards without opening them).
+    Without ``equalize`` a consumer may get no shard and yield nothing (fine for
+    validation).
+
+    Args:
+        shards: tar file paths.
+        sizes: number of samples of each shard.
+        concepts: concept ids of every sample across all shards (lists, or CSR
+            ``(ids, offsets)`` tensors), or ``None`` for no ``concepts`` key.
+        shuffle: draw a new shard order every epoch.
+        seed: seed of the shard order.
+        equalize: cut every consumer to the smallest consumer's number of samples.
+        num_replicas: number of DDP ranks; ``torch.distributed``'s (at construction) if
+            ``None``.
+        rank: this rank; ``torch.distributed``'s (at construction) if ``None``.
+
+    Raises:
+        ValueError: for ``sizes`` or ``concepts`` that do not match the shards, or (when
+            iterating with ``equalize``) fewer shards than ranks x workers.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        sizes: Sequence[int],
+        concepts: Sequence[Sequence[int]] | tuple[torch.Tensor, torch.Tensor] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        equalize: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if len(shards) != len(sizes):
+            raise ValueError(f"Got {len(shards)} shards but {len(sizes)} sizes.")
+        self.shards = list(shards)
+        self.sizes = [int(size) for size in sizes]
+        self.starts = [0]
+        for size in self.sizes:
+            self.starts.append(self.starts[-1] + size)
+        self.concepts = None if concepts is None else concept_csr(concepts)
+        if self.concepts is not None and self.concepts[1].numel() - 1 != self.starts[-1]:
+            raise ValueError(
+                f"`concepts` covers {self.concepts[1].numel() - 1} samples but the shards hold "
+                f"{self.starts[-1]}."
+            )
+        self.shuffle = shuffle
+        self.seed = seed
+        self.equalize = equalize
+        self.num_replicas = get_world_size() if num_replicas is None else num_replicas
+        self.rank = get_rank() if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(
+                f"`rank` must be in [0, num_replicas), got rank {self.rank} and num_replicas "
+                f"{self.num_replicas}."
+            )
+        self.epoch = 0
+        self._yielded = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shard order of ``epoch``; a loaded position in another epoch is dropped."""
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = int(epoch)
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """Shard numbers in the order of ``epoch``."""
+        if not self.shuffle:
+            return list(range(len(self.shards)))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.shards), generator=generator).tolist()
+
+    def assignment(self, epoch: int, num_workers: int = 1) -> list[list[int]]:
+        """Shard numbers of every consumer (``rank * num_workers + worker``) in ``epoch``."""
+        consumers = self.num_replicas * num_workers
+        if self.equalize and len(self.shards) < consumers:
+            raise ValueError(
+                f"{len(self.shards)} shards cannot feed {self.num_replicas} ranks x {num_workers} "
+                "workers: every DataLoader worker of every rank needs at least one shard. Use "
+                "more shards (a multiple of ranks x workers) or fewer workers."
+            )
+        order = self.shard_order(epoch)
+        return [order[consumer::consumers] for consumer in range(consumers)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        num_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        assignment = self.assignment(self.epoch, num_workers)
+        mine = assignment[self.rank * num_workers + worker]
+        limit = None
+        if self.equalize:
+            limit = min(sum(self.sizes[s] for s in shards) for shards in assignment)
+        skip, self._skip = self._skip, 0
+        self._yielded = skip
+        return self._samples(mine, skip, limit)
+
+    def _samples(self, mine: list[int], skip: int, limit: int | None) -> Iterator[dict[str, Any]]:
+        for shard in mine:
+            if limit is not None and self._yielded >= limit:
+                return
+            if skip >= self.sizes[shard]:
+                skip -= self.sizes[shard]
+                continue
+            path = self.shards[shard]
+            with tarfile.open(path, "r:*") as tar:
+                for position, (key, parts) in enumerate(tar_groups(tar)):
+                    if position < skip:
+                        continue
+                    if limit is not None and self._yielded >= limit:
+                        return
+                    image, caption, _ = read_shard_sample(tar, path, key, parts, images=True)
+                    index = self.starts[shard] + position
+                    sample: dict[str, Any] = {
+                        "image_bytes": image,
+                        "caption": caption,
+                        "index": index,
+                    }
+                    if self.concepts is not None:
+                        ids, offsets = self.concepts
+                        sample["concepts"] = ids[offsets[index] : offsets[index + 1]].tolist()
+                    self._yielded += 1
+                    yield sample
+            skip = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and how many samples of it were handed out."""
+        return {"epoch": self.epoch, "yielded": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue after the samples already handed out in the saved epoch."""
+        self.epoch = int(state_dict["epoch"])
+        self._skip = int(state_dict["yielded"])
