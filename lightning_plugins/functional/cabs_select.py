@@ -249,11 +249,13 @@ class _GreedyState:
         pair = np.cumsum(new_pair) - 1
         self.multiplicity = np.bincount(pair)[pair]  # copies of the concept in its sample
         num_present = self.present.size
-        self.max_multiplicity = np.ones(num_present, dtype=np.int64)
-        repeated = self.multiplicity > 1
-        np.maximum.at(self.max_multiplicity, dense[repeated], self.multiplicity[repeated])
         self.frequencies = np.bincount(dense[new_pair], minlength=num_present)
         self.concept_start = np.append(np.flatnonzero(new_concept), flat.size)
+        self.max_multiplicity = (
+            np.maximum.reduceat(self.multiplicity, self.concept_start[:-1])
+            if num_present
+            else np.zeros(0, dtype=np.int64)
+        )
         self.inv_freq = 1.0 / self.frequencies
         self.counts = np.zeros(num_present, dtype=np.int64)
         self.starts_list = starts.tolist()
@@ -263,18 +265,21 @@ class _GreedyState:
         self.targets = target_counts
         self.cap = np.inf if cap is None else cap
         concepts = np.arange(self.counts.size)
-        terms = self.term(concepts, self.counts)[self.flat]  # per concept, then gathered
+        per_concept = self.term(concepts, self.counts)
+        terms = per_concept[self.flat]
         self.sums = np.bincount(self.rows, weights=terms, minlength=self.num_samples)
         self.gains = np.where(
             self.lengths > 0, self.sums / np.maximum(self.lengths, 1), NO_CONCEPT_GAIN
         )
         self.gains[self.holder[self.multiplicity > self.cap]] = -np.inf
+        # Python-side mirrors for the per-sample loop: each concept's current term, and
+        # whether one more sample could take it past the cap
         self.counts_list = self.counts.tolist()
-        self.targets_list = target_counts.tolist()
+        self.targets_list = self.targets.tolist()
         self.inv_list = self.inv_freq.tolist()
-        repeats = np.zeros(self.num_samples, dtype=bool)
-        repeats[self.holder[self.multiplicity > 1]] = True
-        self.repeats_list = repeats.tolist()
+        self.terms_list = per_concept.tolist()
+        self.max_copies_list = self.max_multiplicity.tolist()
+        self.near_cap_list = (self.max_multiplicity > self.cap).tolist()
 
     def term(self, concepts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Fixed-point gain of one occurrence of each of ``concepts`` at ``counts``."""
@@ -312,32 +317,26 @@ class _GreedyState:
         row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
         if not row:
             return NO_CONCEPT_GAIN
-        counts, targets, inv_freq, cap = (
-            self.counts_list,
-            self.targets_list,
-            self.inv_list,
-            self.cap,
-        )
-        total = 0
-        for concept in row:
-            count = counts[concept]
-            if count >= cap:
-                return None
-            target = targets[concept]
-            value = (target - count) / target + inv_freq[concept] if count < target else -0.5
-            total += round(value * GAIN_SCALE)
-        if self.repeats_list[position]:
+        if any(map(self.near_cap_list.__getitem__, row)):
+            counts = self.counts_list
             for concept, copies in Counter(row).items():
-                if counts[concept] + copies > cap:
+                if counts[concept] + copies > self.cap:
                     return None
-        return total / len(row)
+        return sum(map(self.terms_list.__getitem__, row)) / len(row)
 
     def count(self, position: int) -> None:
-        """Add one sample's concepts to the Python-side counts (the arrays follow in ``take``)."""
-        for concept in self.flat[
-            self.starts_list[position] : self.starts_list[position + 1]
-        ].tolist():
-            self.counts_list[concept] += 1
+        """Add one sample's concepts to the Python-side mirrors (the arrays follow in ``take``).
+
+        The term is the scalar form of :meth:`term`, with the same floating-point steps.
+        """
+        counts, targets, inv_freq = self.counts_list, self.targets_list, self.inv_list
+        row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
+        for concept in row:
+            count = counts[concept] = counts[concept] + 1
+            target = targets[concept]
+            value = (target - count) / target + inv_freq[concept] if count < target else -0.5
+            self.terms_list[concept] = round(value * GAIN_SCALE)
+            self.near_cap_list[concept] = count + self.max_copies_list[concept] > self.cap
 
     def take(self, picked: list[int]) -> None:
         """Add ``picked`` to the batch and re-score the samples whose gain changes."""
@@ -361,7 +360,11 @@ class _GreedyState:
         begin, end = self.concept_start[concepts], self.concept_start[concepts + 1]
         occurrence = _ranges(begin, end)
         holder = self.holder[occurrence]
-        np.add.at(self.sums, holder, np.repeat(delta, end - begin))
+        weights = np.repeat(delta, end - begin)
+        if holder.size > self.num_samples // 4:
+            self.sums += np.bincount(holder, weights=weights, minlength=self.num_samples)
+        else:
+            np.add.at(self.sums, holder, weights)
         alive = holder[self.gains[holder] > -np.inf]
         self.gains[alive] = self.sums[alive] / self.lengths[alive]
         over = self.multiplicity[occurrence] + np.repeat(after, end - begin) > self.cap
