@@ -280,6 +280,8 @@ class _GreedyState:
         self.terms_list = per_concept.tolist()
         self.max_copies_list = self.max_multiplicity.tolist()
         self.near_cap_list = (self.max_multiplicity > self.cap).tolist()
+        self.concept_start_list = self.concept_start.tolist()
+        self.capped = np.zeros(self.num_samples, dtype=bool)  # a concept is at its cap
 
     def term(self, concepts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Fixed-point gain of one occurrence of each of ``concepts`` at ``counts``."""
@@ -314,6 +316,8 @@ class _GreedyState:
 
         ``None`` if adding the sample would break a cap.
         """
+        if self.capped[position]:
+            return None
         row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
         if not row:
             return NO_CONCEPT_GAIN
@@ -337,6 +341,9 @@ class _GreedyState:
             value = (target - count) / target + inv_freq[concept] if count < target else -0.5
             self.terms_list[concept] = round(value * GAIN_SCALE)
             self.near_cap_list[concept] = count + self.max_copies_list[concept] > self.cap
+            if count == self.cap:  # no sample holding it fits any more
+                span = self.concept_start_list[concept], self.concept_start_list[concept + 1]
+                self.capped[self.holder[span[0] : span[1]]] = True
 
     def take(self, picked: list[int]) -> None:
         """Add ``picked`` to the batch and re-score the samples whose gain changes."""
