@@ -2,5 +2,6 @@
 
 from lightning_plugins.callbacks.concept_plot import plot_concept_frequencies
 from lightning_plugins.callbacks.concept_statistics import ConceptStatistics
+from lightning_plugins.callbacks.ema_teacher import EMATeacher, TeacherView
 
-__all__ = ["ConceptStatistics", "plot_concept_frequencies"]
+__all__ = ["ConceptStatistics", "EMATeacher", "TeacherView", "plot_concept_frequencies"]

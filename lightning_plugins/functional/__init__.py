@@ -10,7 +10,14 @@ from lightning_plugins.functional.concept_statistics import (
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
+from lightning_plugins.functional.ema import ema_update_
 from lightning_plugins.functional.retrieval import retrieval_recall
+from lightning_plugins.functional.schedules import (
+    constant_schedule,
+    cosine_schedule,
+    resolve_schedule,
+    warmup_decay_schedule,
+)
 from lightning_plugins.functional.siglip_loss import siglip_loss
 from lightning_plugins.functional.topk_correct import topk_correct
 
@@ -20,11 +27,16 @@ __all__ = [
     "concept_batch_statistics",
     "concept_histogram",
     "concept_histogram_statistics",
+    "constant_schedule",
+    "cosine_schedule",
     "cwcl_loss",
+    "ema_update_",
     "first_occurrence",
+    "resolve_schedule",
     "retrieval_recall",
     "siglip_loss",
     "sigmoid_row_loss",
     "softmax_row_loss",
     "topk_correct",
+    "warmup_decay_schedule",
 ]

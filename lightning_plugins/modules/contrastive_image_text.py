@@ -159,6 +159,8 @@ class ContrastiveImageText(pl.LightningModule):
         self._zero_shot_classifier: torch.Tensor | None = None
         self.retrieval = ImageTextRetrieval(chunk_size=eval_chunk_size)
         self.zero_shot: ZeroShotAccuracy | None = None
+        # the EMA teacher (DESIGN.md contract 4): set by an EMATeacher callback, else None
+        self.teacher: Any = None
 
     # ----------------------------------------------------------------- model
     def _text_modules(self) -> Iterator[nn.Module]:
