@@ -10,6 +10,12 @@ from lightning_plugins.functional.concept_statistics import (
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
+from lightning_plugins.functional.distillation import (
+    distillation_rows,
+    image_text_distillation,
+    sigmoid_kl_rows,
+    soft_cross_entropy,
+)
 from lightning_plugins.functional.ema import ema_update_
 from lightning_plugins.functional.retrieval import retrieval_recall
 from lightning_plugins.functional.schedules import (
@@ -30,12 +36,16 @@ __all__ = [
     "constant_schedule",
     "cosine_schedule",
     "cwcl_loss",
+    "distillation_rows",
     "ema_update_",
     "first_occurrence",
+    "image_text_distillation",
     "resolve_schedule",
     "retrieval_recall",
     "siglip_loss",
+    "sigmoid_kl_rows",
     "sigmoid_row_loss",
+    "soft_cross_entropy",
     "softmax_row_loss",
     "topk_correct",
     "warmup_decay_schedule",

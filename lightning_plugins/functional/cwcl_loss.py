@@ -11,6 +11,7 @@ from lightning_plugins.functional._checks import (
     check_global_features,
     check_reduction,
 )
+from lightning_plugins.functional.distillation import soft_cross_entropy
 
 __all__ = ["cwcl_loss"]
 
@@ -108,10 +109,10 @@ def cwcl_loss(
             all_texts,
         )
     weights = _soft_targets(local_frozen, all_frozen, frozen)
-    frozen_to_trained = _soft_cross_entropy(logit_scale * local_frozen @ all_trained.T, weights)
+    frozen_to_trained = soft_cross_entropy(logit_scale * local_frozen @ all_trained.T, weights)
     logits_trained = logit_scale * local_trained @ all_frozen.T
     if symmetric_soft:
-        trained_to_frozen = _soft_cross_entropy(logits_trained, weights)
+        trained_to_frozen = soft_cross_entropy(logits_trained, weights)
     else:
         labels = torch.arange(local_trained.shape[0], device=local_trained.device) + label_offset
         trained_to_frozen = F.cross_entropy(logits_trained, labels, reduction="none")
@@ -133,8 +134,3 @@ def _soft_targets(
             f"frozen modality (`frozen`={frozen!r}) are undefined. Check that tower's outputs."
         )
     return weights / weights.sum(dim=-1, keepdim=True)
-
-
-def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy ``-sum_j t_ij log softmax_j(logits_i)``, shape ``[B]``."""
-    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)

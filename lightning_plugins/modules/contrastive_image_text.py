@@ -14,13 +14,26 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_plugins.distributed import global_mean
+from lightning_plugins.distributed import (
+    all_gather,
+    all_gather_with_grad,
+    gather_sizes,
+    get_world_size,
+    global_mean,
+)
+from lightning_plugins.functional.distillation import DISTILLATION_KINDS, image_text_distillation
+from lightning_plugins.losses import SigLipLoss
 from lightning_plugins.metrics import ImageTextRetrieval, ZeroShotAccuracy
 from lightning_plugins.models import create_image_text_model, create_tokenizer
 
 __all__ = ["ContrastiveImageText"]
 
 _DEFAULT_TEMPLATES = ("a photo of a {}.",)
+_NO_TEACHER = (
+    "`distill_weight`={} needs a teacher, but the module's `teacher` is None: add "
+    "lightning_plugins.callbacks.EMATeacher to the Trainer's callbacks, or set "
+    "distill_weight=0."
+)
 
 
 class ContrastiveImageText(pl.LightningModule):
@@ -36,6 +49,18 @@ class ContrastiveImageText(pl.LightningModule):
     every optimizer step the logit scale is clamped to ``[0, ln max_logit_scale]``.
     Norms, biases, and the logit scale and bias get no weight decay (open_clip's rule,
     see :meth:`no_weight_decay`).
+
+    **Self-distillation.** With ``distill_weight > 0`` and a teacher attached as
+    ``self.teacher`` (an :class:`~lightning_plugins.callbacks.EMATeacher` callback, or
+    any module returning normalised image and text features from ``(image, text)`` with
+    ``logit_scale`` and ``logit_bias`` attributes) every sample's loss gains
+    ``distill_weight`` times its distillation loss
+    (:func:`~lightning_plugins.functional.image_text_distillation`): the student's
+    logits against the global batch are pulled towards the teacher's, by cross-entropy to
+    the teacher's softmax (``distill_kind="softmax"``, open_clip's ``DistillClipLoss``)
+    or by Bernoulli KL divergence (``"sigmoid"``). ``train/contrastive_loss`` and
+    ``train/distill_loss`` are logged beside ``train/loss``. Under DDP the student's
+    features are gathered a second time for it (with gradient), the teacher's without.
 
     Validation (and test) batches are dispatched by their keys: a batch with ``label`` is
     scored for zero-shot classification (class-name prompts averaged over templates),
@@ -68,12 +93,18 @@ class ContrastiveImageText(pl.LightningModule):
         zero_shot_templates: prompt templates with one ``{}`` for the class name.
         zero_shot_groups: named subsets of class ids reported separately.
         eval_chunk_size: rows scored at once by retrieval and prompts encoded at once.
+        distill_weight: weight of the distillation loss towards ``self.teacher``; 0 for
+            none.
+        distill_kind: ``"softmax"`` or ``"sigmoid"``; ``None`` picks ``"sigmoid"`` for a
+            :class:`~lightning_plugins.losses.SigLipLoss` and ``"softmax"`` otherwise.
 
     Raises:
         ValueError: for an unknown model, a missing checkpoint or tower, towers of unequal
             width, a loss that needs a frozen tower (``CWCLLoss``) without locking it,
             an empty class list, a template without ``{}``, ``max_logit_scale`` not
-            above 1, an unknown scheduler interval, or locking both towers.
+            above 1, an unknown scheduler interval, locking both towers, a negative or
+            non-finite ``distill_weight`` or an unknown ``distill_kind``; and, when
+            fitting starts, for ``distill_weight > 0`` without a teacher.
 
     Example:
         >>> from lightning_plugins.losses import ClipLoss
@@ -109,6 +140,8 @@ class ContrastiveImageText(pl.LightningModule):
         zero_shot_templates: list[str] | None = None,
         zero_shot_groups: dict[str, list[int]] | None = None,
         eval_chunk_size: int = 1024,
+        distill_weight: float = 0.0,
+        distill_kind: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
@@ -133,6 +166,19 @@ class ContrastiveImageText(pl.LightningModule):
             _check_templates(zero_shot_templates)
         if eval_chunk_size < 1:
             raise ValueError(f"`eval_chunk_size` must be at least 1, got {eval_chunk_size}.")
+        if (
+            isinstance(distill_weight, bool)
+            or not isinstance(distill_weight, int | float)
+            or not math.isfinite(distill_weight)
+            or distill_weight < 0
+        ):
+            raise ValueError(
+                f"`distill_weight` must be a finite number >= 0, got {distill_weight!r}."
+            )
+        if distill_kind is not None and distill_kind not in DISTILLATION_KINDS:
+            raise ValueError(
+                f"`distill_kind` must be one of {DISTILLATION_KINDS} or None, got {distill_kind!r}."
+            )
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -161,6 +207,10 @@ class ContrastiveImageText(pl.LightningModule):
         self.zero_shot: ZeroShotAccuracy | None = None
         # the EMA teacher (DESIGN.md contract 4): set by an EMATeacher callback, else None
         self.teacher: Any = None
+        # None: the sigmoid form for the sigmoid loss, the softmax form otherwise
+        self.distill_kind = distill_kind or (
+            "sigmoid" if isinstance(loss, SigLipLoss) else "softmax"
+        )
 
     # ----------------------------------------------------------------- model
     def _text_modules(self) -> Iterator[nn.Module]:
@@ -213,20 +263,90 @@ class ContrastiveImageText(pl.LightningModule):
 
     # ------------------------------------------------------------------ loss
     def per_sample_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The contrastive loss of each local pair against the global batch, ``[B]``.
+        """The loss of each local pair against the global batch, ``[B]``.
 
-        Its mean is the training loss.
+        The contrastive loss, plus ``distill_weight`` times the distillation loss when
+        distilling. Its mean is the training loss.
         """
-        image_features, text_features = self(batch["image"], self.text_tokens(batch))
-        return self.loss(
+        contrastive, distill = self.loss_terms(batch)
+        if distill is None:
+            return contrastive
+        return contrastive + self.hparams.distill_weight * distill
+
+    def loss_terms(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample contrastive and distillation losses, ``[B]`` each.
+
+        The distillation loss is ``None`` when ``distill_weight`` is 0.
+        """
+        image, text = batch["image"], self.text_tokens(batch)
+        image_features, text_features = self(image, text)
+        contrastive = self.loss(
             image_features, text_features, self.logit_scale, self.logit_bias, reduction="none"
+        )
+        if not self.hparams.distill_weight:
+            return contrastive, None
+        return contrastive, self.distillation_loss(image, text, image_features, text_features)
+
+    def distillation_loss(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-sample distillation loss of the student's features towards ``self.teacher``.
+
+        Args:
+            image: the batch's images, input of the teacher.
+            text: the batch's token ids, input of the teacher.
+            image_features: the student's normalised image embeddings ``[B, D]``.
+            text_features: the student's normalised text embeddings ``[B, D]``.
+        """
+        teacher = self.teacher
+        if teacher is None:
+            raise ValueError(_NO_TEACHER.format(self.hparams.distill_weight))
+        with torch.no_grad():
+            teacher_image, teacher_text = teacher(image, text)
+            teacher_scale, teacher_bias = teacher.logit_scale, teacher.logit_bias
+        gathered: dict[str, torch.Tensor] = {}
+        if get_world_size() > 1:
+            sizes = gather_sizes(image_features.shape[0], image_features.device)
+            gathered = {
+                "all_image_features": all_gather_with_grad(image_features, sizes),
+                "all_text_features": all_gather_with_grad(text_features, sizes),
+                "all_teacher_image_features": all_gather(teacher_image, sizes),
+                "all_teacher_text_features": all_gather(teacher_text, sizes),
+            }
+        return image_text_distillation(
+            image_features,
+            text_features,
+            teacher_image,
+            teacher_text,
+            self.logit_scale,
+            teacher_scale,
+            self.logit_bias,
+            teacher_bias,
+            kind=self.distill_kind,
+            **gathered,
         )
 
     @override
+    def on_fit_start(self) -> None:
+        if self.hparams.distill_weight and self.teacher is None:
+            raise ValueError(_NO_TEACHER.format(self.hparams.distill_weight))
+
+    @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        contrastive, distill = self.loss_terms(batch)
         # the mean over the global batch, exact under DDP even for unequal last batches
-        loss = global_mean(self.per_sample_loss(batch))
         batch_size = batch["image"].shape[0]
+        if distill is None:
+            loss = global_mean(contrastive)
+        else:
+            contrastive, distill = global_mean(contrastive), global_mean(distill)
+            loss = contrastive + self.hparams.distill_weight * distill
+            self.log("train/contrastive_loss", contrastive.detach(), batch_size=batch_size)
+            self.log("train/distill_loss", distill.detach(), batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=batch_size)
         return loss

@@ -19,11 +19,23 @@ CAPTIONS = [
 ]
 
 
+KINDS = ("clip", "siglip", "clip_distill", "siglip_distill")
+
+
 def make_module(kind: str):
+    """The module of ``kind``; ``*_distill`` distils from a differently seeded teacher."""
     from lightning_plugins.modules import CLIP, SigLIP
 
+    cls = SigLIP if kind.startswith("siglip") else CLIP
+    if not kind.endswith("_distill"):
+        torch.manual_seed(0)
+        return cls(model_name=MICRO)
+    torch.manual_seed(1)
+    teacher = cls(model_name=MICRO).eval()
     torch.manual_seed(0)
-    return (CLIP if kind == "clip" else SigLIP)(model_name=MICRO)
+    module = cls(model_name=MICRO, distill_weight=0.5)
+    module.teacher = teacher  # any module giving (image, text) features and logit scale/bias
+    return module
 
 
 def global_batch() -> dict:
@@ -32,7 +44,7 @@ def global_batch() -> dict:
 
 
 def _ddp_grads(rank: int, world_size: int) -> dict:
-    return {kind: _ddp_grads_of(kind, rank, world_size) for kind in ("clip", "siglip")}
+    return {kind: _ddp_grads_of(kind, rank, world_size) for kind in KINDS}
 
 
 def _ddp_grads_of(kind: str, rank: int, world_size: int) -> dict:
@@ -47,6 +59,8 @@ def _ddp_grads_of(kind: str, rank: int, world_size: int) -> dict:
     loss.backward()
     grads = {}
     for name, param in module.named_parameters():
+        if name.startswith("teacher."):
+            continue
         grad = param.grad.clone() if param.grad is not None else torch.zeros_like(param)
         dist.all_reduce(grad)  # what DDP does: average gradients over ranks
         grads[name] = grad / world_size
@@ -61,7 +75,7 @@ def ddp_results() -> list[dict]:
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("kind", ["clip", "siglip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_ddp_gradients_equal_single_process_global_batch(kind, ddp_results):
     module = make_module(kind)
     loss = module.per_sample_loss(global_batch()).mean()
@@ -69,6 +83,8 @@ def test_ddp_gradients_equal_single_process_global_batch(kind, ddp_results):
     for result in (r[kind] for r in ddp_results):
         torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
         for name, param in module.named_parameters():
+            if name.startswith("teacher."):
+                continue
             expected = param.grad if param.grad is not None else torch.zeros_like(param)
             torch.testing.assert_close(
                 result["grads"][name], expected, rtol=1e-4, atol=1e-6, msg=name
