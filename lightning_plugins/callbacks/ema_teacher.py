@@ -88,7 +88,9 @@ class EMATeacher(Callback):
     averaged ones by calling the module's ``on_validation_epoch_start``,
     ``validation_step`` and ``on_validation_epoch_end`` on the same validation batches,
     with every logged name suffixed by ``"_" + name`` (``val/loss_teacher``); it doubles
-    the validation time and needs validation loaders without ``persistent_workers``.
+    the validation time. A validation loader with ``persistent_workers`` (whose one
+    iterator the validation loop holds) is read through a fresh loader over the same
+    dataset, batch sampler and collate function for the averaged weights.
 
     **Checkpoints.** The module's ``state_dict`` in a checkpoint always holds the live
     weights, also for a checkpoint written during validation while the average is swapped
@@ -518,13 +520,7 @@ class EMATeacher(Callback):
             loaders = list(loaders.values())
         elif not isinstance(loaders, list | tuple):
             loaders = [loaders]
-        for loader in loaders:
-            if getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0):
-                raise RuntimeError(
-                    "EMATeacher(validate_with='both') iterates the validation loaders a second "
-                    "time, which `persistent_workers=True` does not allow; turn it off or use "
-                    "validate_with='ema'."
-                )
+        loaders = [_second_pass(loader) for loader in loaders]
         suffix = f"_{self.name}"
         log = pl_module.log
 
@@ -602,6 +598,33 @@ class EMATeacher(Callback):
             torch.save(state, path)
         if trainer is not None:
             trainer.strategy.barrier("EMATeacher.export")
+
+
+def _second_pass(loader: Any) -> Any:
+    """A loader to iterate while the validation loop holds ``loader``'s iterator.
+
+    A loader with persistent workers has a single iterator, which a second ``iter()``
+    would reset under the validation loop; the same data comes from a fresh loader with
+    the same dataset, batch sampler (or batch size), collate function and workers.
+    """
+    if not (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0)):
+        return loader
+    workers = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "prefetch_factor": loader.prefetch_factor,
+        "generator": loader.generator,
+    }
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(
+            loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **workers
+        )
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=loader.batch_sampler, **workers
+    )
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:

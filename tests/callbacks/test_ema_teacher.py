@@ -231,6 +231,32 @@ def test_validate_with_both_logs_the_average_under_a_suffix(tmp_path):
     assert metrics["val_loss"] != metrics["val_loss_teacher"]
 
 
+def test_validate_with_both_reads_persistent_worker_loaders_alike(tmp_path):
+    """The averaged weights' pass over a persistent-worker loader sees the same batches."""
+    results = {}
+    for validate_with in ("both", "ema"):
+        pl.seed_everything(0)
+        ema = EMATeacher(decay=0.5, validate_with=validate_with)
+        val = DataLoader(data(12, seed=1), batch_size=4, num_workers=1, persistent_workers=True)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=4,
+            val_check_interval=2,
+            callbacks=[ema],
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Tiny(), StatefulDataLoader(data(), batch_size=4), val)
+        results[validate_with] = dict(trainer.callback_metrics)
+    both, ema_only = results["both"], results["ema"]
+    torch.testing.assert_close(both["val_loss_teacher"], ema_only["val_loss"], rtol=0, atol=0)
+    assert both["val_loss"] != both["val_loss_teacher"]
+
+
 # ------------------------------------------------------------------ resume
 def two_teachers():
     return [
