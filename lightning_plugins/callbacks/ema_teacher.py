@@ -757,6 +757,14 @@ class TeacherView:
             return method
         return value
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        """A copy of the module has no teacher: the view belongs to the fitted module."""
+        return None
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        """Pickled as ``None``, as :meth:`__deepcopy__` (not the callback, not the Trainer)."""
+        return type(None), ()
+
     def __repr__(self) -> str:
         return f"TeacherView({type(self._module).__name__}, name={self._callback.name!r})"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import types
 
 import lightning.pytorch as pl
@@ -399,6 +400,10 @@ def test_clip_teacher(tmp_path):
         expected = reference.encode_image(image)
     torch.testing.assert_close(image_features, expected, rtol=0, atol=0)
     torch.testing.assert_close(module.teacher.logit_scale, reference.logit_scale, rtol=0, atol=0)
+    # a copy of the fitted module is a plain module: no teacher, no callback, no Trainer
+    copied = copy.deepcopy(module)
+    assert copied.teacher is None and isinstance(module.teacher, TeacherView)
+    assert pickle.loads(pickle.dumps(module.teacher)) is None
 
 
 # --------------------------------------------------------------- bad input
