@@ -68,17 +68,19 @@ def run(name: str, config: str, extra: list[str], steps: int | None) -> dict:
     start = time.perf_counter()
     cli_run.trainer.fit(cli_run.model, cli_run.datamodule)
     seconds = time.perf_counter() - start
+    # the training metrics, before validation replaces them
+    batch_statistics = {
+        key: float(value)
+        for key, value in cli_run.trainer.callback_metrics.items()
+        if key.startswith("concepts/")
+    }
     trained = validate(cli_run)
     print(f"{name}: {cli_run.trainer.global_step} steps in {seconds:.0f} s", flush=True)
     result = {"untrained": untrained, "trained": trained, "train_seconds": seconds}
     stats = [cb for cb in cli_run.trainer.callbacks if isinstance(cb, ConceptStatistics)]
     if stats and stats[0].histogram is not None:
         result["concept_histogram"] = stats[0].histogram.tolist()
-        result["batch_statistics"] = {
-            key: float(value)
-            for key, value in cli_run.trainer.callback_metrics.items()
-            if key.startswith("concepts/")
-        }
+        result["batch_statistics"] = batch_statistics
         result["concept_frequencies"] = cli_run.datamodule.concept_frequencies.tolist()
     return result
 
