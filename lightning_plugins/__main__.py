@@ -1,5 +1,5 @@
 """``python -m lightning_plugins``: the ``lightning-plugins`` command."""
 
-from lightning_plugins.cli import main
+from lightning_plugins.cli import command
 
-main()
+command()

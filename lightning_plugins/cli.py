@@ -40,5 +40,14 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     )
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``lightning-plugins`` console script: :func:`main` on ``sys.argv``, exit status 0.
+
+    (A console script passes its function's return value to ``sys.exit``, which would turn
+    the returned ``LightningCLI`` into exit status 1.)
+    """
     main()
+
+
+if __name__ == "__main__":
+    command()

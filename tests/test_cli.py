@@ -109,6 +109,33 @@ def test_module_entry_point_help():
     assert "fit" in out and "validate" in out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(Path(sys.executable).with_name("lightning-plugins"))],
+        [sys.executable, "-m", "lightning_plugins"],
+    ],
+    ids=["console_script", "module"],
+)
+def test_command_exits_with_status_zero_after_fitting(command, tmp_path):
+    config = ROOT / "examples/configs/clip_shapes.yaml"
+    done = subprocess.run(
+        [
+            *command,
+            "fit",
+            f"--config={config}",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--data.init_args.num_workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_loss_chosen_from_arguments(tmp_path):
     cli = main(
         [
