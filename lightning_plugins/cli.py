@@ -27,6 +27,12 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 
     Returns:
         The ``LightningCLI`` object, with ``model``, ``datamodule`` and ``trainer``.
+
+    Example:
+        >>> cli = main(["--model=CLIP", "--model.model_name=ViT-Micro-P8-32",
+        ...             "--data=SyntheticShapes", "--trainer.logger=false"], run=False)
+        >>> type(cli.model).__name__, type(cli.datamodule).__name__
+        ('CLIP', 'SyntheticShapes')
     """
     return LightningCLI(
         LightningModule,

@@ -234,5 +234,14 @@ def neighbour_exchange(
 
     Returns:
         The received tensors.
+
+    Example:
+        >>> # on every rank of a ring: send right, receive from the left, with gradient
+        >>> rank, world = get_rank(), get_world_size()
+        >>> if is_distributed():  # a single process has no neighbour
+        ...     texts = torch.randn(4, 8, requires_grad=True)
+        ...     (left,) = neighbour_exchange(
+        ...         (texts,), ((rank + 1) % world,), ((rank - 1) % world,), (texts.shape,)
+        ...     )
     """
     return _ExchangeWithGrad.apply((destinations, sources, shapes), *sends)

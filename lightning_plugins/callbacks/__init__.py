@@ -2,6 +2,7 @@
 
 from lightning_plugins.callbacks.concept_plot import plot_concept_frequencies
 from lightning_plugins.callbacks.concept_statistics import ConceptStatistics
-from lightning_plugins.callbacks.ema_teacher import EMATeacher, TeacherView
+from lightning_plugins.callbacks.ema_teacher import EMATeacher
+from lightning_plugins.callbacks.teacher_view import TeacherView
 
 __all__ = ["ConceptStatistics", "EMATeacher", "TeacherView", "plot_concept_frequencies"]

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_plugins.callbacks.teacher_view import TeacherView
 from lightning_plugins.functional.ema import ema_update_
 from lightning_plugins.functional.schedules import SCHEDULES, resolve_schedule
 
@@ -242,6 +243,20 @@ class EMATeacher(Callback):
     def keys(self) -> list[str]:
         """The names (as in the module's ``state_dict``) of the averaged tensors."""
         return list(self._keys)
+
+    @property
+    def swapped_in(self) -> bool:
+        """Whether the module holds the averaged weights now (during validation)."""
+        return self._swapped
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the average is kept as per-rank shards (FSDP)."""
+        return self._sharded
+
+    def named_averages(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(attribute path in the module, averaged tensor)`` pairs, as stored."""
+        return zip(self._paths, self._ema, strict=True)
 
     def _live(self) -> list[torch.Tensor]:
         return [getattr(owner, attribute) for owner, attribute in self._owners]
@@ -656,126 +671,3 @@ def _check_schedule(schedule: str, schedule_kwargs: dict[str, Any]) -> None:
             f"`schedule_kwargs` has {unknown}, which the {schedule!r} schedule does not take; "
             f"it takes {[p for p in allowed if p != decay_argument]}."
         )
-
-
-class TeacherView:
-    """A module run with the averaged weights of an :class:`EMATeacher`: eval mode, no grad.
-
-    Calling the view runs the module's ``forward``; any other method or property of the
-    module (``view.encode_image(x)``, ``view.logit_scale``) runs with the averaged tensors
-    too, and a submodule comes back as a view of that submodule (``view.model``). The
-    module's own tensors stand in for everything that is not averaged (frozen parameters,
-    constant buffers). No weights are copied: the call substitutes the averaged tensors
-    with ``torch.func.functional_call`` and restores the train/eval flags afterwards.
-    Before the first update, and while the average is swapped in for validation, it runs
-    the module's own weights.
-
-    Args:
-        callback: the callback that keeps the average.
-        module: the module (or a submodule of it) to run.
-        prefix: ``module``'s path in the callback's module.
-    """
-
-    def __init__(self, callback: EMATeacher, module: nn.Module, prefix: str = "") -> None:
-        self._callback = callback
-        self._module = module
-        self._prefix = prefix
-
-    @property
-    def training(self) -> bool:
-        """Always ``False``: the teacher runs in eval mode."""
-        return False
-
-    @property
-    def module(self) -> nn.Module:
-        """The live module this view runs."""
-        return self._module
-
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        callback = self._callback
-        device = next(self._module.parameters(), torch.empty(0)).device
-        tensors = {}
-        for path, tensor in zip(callback._paths, callback._ema, strict=True):
-            if path.startswith(self._prefix):
-                if tensor.device != device:
-                    tensor = tensor.to(device, non_blocking=True)
-                tensors["module." + path[len(self._prefix) :]] = tensor
-        return tensors
-
-    def _run(self, function: Callable[[], Any]) -> Any:
-        callback = self._callback
-        modules = list(self._module.modules())
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.training = False
-        try:
-            with torch.no_grad():
-                if callback._swapped or not callback.updated:
-                    return function()
-                if callback._sharded:
-                    raise RuntimeError(
-                        "The EMA teacher cannot run forward under a sharded strategy (FSDP); "
-                        "it validates and exports, but distillation needs DDP or one device."
-                    )
-                return torch.func.functional_call(
-                    _Invoke(self._module), self._tensors(), (function,), tie_weights=True
-                )
-        finally:
-            for m, mode in zip(modules, modes, strict=True):
-                m.training = mode
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the module's ``forward`` with the averaged weights."""
-        return self._run(lambda: self._module(*args, **kwargs))
-
-    def _child_view(self, value: nn.Module) -> TeacherView:
-        for path, child in self._module.named_modules():
-            if child is value:
-                prefix = f"{self._prefix}{path}." if path else self._prefix
-                return TeacherView(self._callback, value, prefix)
-        raise AttributeError(f"{type(value).__name__} is not a submodule of the teacher.")
-
-    def __getitem__(self, index: Any) -> TeacherView:
-        """A view of a child of a container module (``nn.Sequential``, ``nn.ModuleList``)."""
-        return self._child_view(self._module[index])
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if inspect.isfunction(inspect.getattr_static(type(self._module), name, None)):
-            value = getattr(self._module, name)  # a method: it runs with the average when called
-        else:  # a property, tensor or submodule: read with the average in place
-            value = self._run(lambda: getattr(self._module, name))
-        if isinstance(value, nn.Module):
-            return self._child_view(value)
-        if callable(value):
-
-            @functools.wraps(value)
-            def method(*args: Any, **kwargs: Any) -> Any:
-                return self._run(lambda: getattr(self._module, name)(*args, **kwargs))
-
-            return method
-        return value
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> None:
-        """A copy of the module has no teacher: the view belongs to the fitted module."""
-        return None
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        """Pickled as ``None``, as :meth:`__deepcopy__` (not the callback, not the Trainer)."""
-        return type(None), ()
-
-    def __repr__(self) -> str:
-        return f"TeacherView({type(self._module).__name__}, name={self._callback.name!r})"
-
-
-class _Invoke(nn.Module):
-    """Runs a function inside ``functional_call``, so any method sees substituted tensors."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    @override
-    def forward(self, function: Callable[[], Any]) -> Any:
-        return function()

@@ -102,7 +102,13 @@ def _register_shipped_configs() -> None:
 
 
 def list_model_names() -> list[str]:
-    """Every open_clip config name usable as ``model_name``, shipped ones included."""
+    """Every open_clip config name usable as ``model_name``, shipped ones included.
+
+    Example:
+        >>> names = list_model_names()
+        >>> "ViT-Tiny-P8-32" in names and "ViT-B-32" in names
+        True
+    """
     _register_shipped_configs()
     return open_clip.list_models()
 
