@@ -13,7 +13,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_plugins.distributed import get_rank
-from lightning_plugins.functional.cabs_select import CABS_VARIANTS, cabs_select, check_cabs_targets
+from lightning_plugins.functional.cabs_select import (
+    cabs_select,
+    check_cabs_arguments,
+    check_cabs_targets,
+)
 from lightning_plugins.sampling.concept_aware_batch_sampler import super_batch_size
 
 __all__ = ["ConceptAwareStream"]
@@ -121,16 +125,7 @@ class ConceptAwareStream(IterableDataset[Sample]):
             )
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-        if (
-            isinstance(filter_ratio, bool)
-            or not isinstance(filter_ratio, numbers.Real)
-            or not 0 <= filter_ratio < 1
-        ):
-            raise ValueError(f"`filter_ratio` must be a number in [0, 1), got {filter_ratio!r}.")
-        if variant not in CABS_VARIANTS:
-            raise ValueError(f"`variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
-        if cap is not None and (not _is_int(cap) or cap < 1):
-            raise ValueError(f"`cap` must be an integer >= 1 or None, got {cap!r}.")
+        check_cabs_arguments(filter_ratio, variant, cap)  # targets: in set_targets
         if not _is_int(seed):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
         if num_concepts is not None and (not _is_int(num_concepts) or num_concepts < 1):
