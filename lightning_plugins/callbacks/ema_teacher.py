@@ -479,11 +479,9 @@ class EMATeacher(Callback):
         """Update the average with the live weights after optimizer step ``step``."""
         if self._swapped:
             raise RuntimeError("EMATeacher cannot update while the average is swapped in.")
-        if self.num_updates == 0:
-            for ema, live in zip(self._ema, self._live(), strict=True):
-                ema.copy_(live)
-        else:
-            ema_update_(self._ema, self._live(), self.decay_at(step))
+        # the first update copies the live weights (decay 0 is an exact copy)
+        decay = self.decay_at(step) if self.num_updates else 0.0
+        ema_update_(self._ema, self._live(), decay)
         self.num_updates += 1
         self.last_update_step = step
 

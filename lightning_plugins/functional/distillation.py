@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_plugins.functional.contrastive_rows import _block_logits, _exact
+
 __all__ = [
     "DISTILLATION_KINDS",
     "distillation_rows",
@@ -97,8 +99,7 @@ def distillation_rows(
             f"`student_logits` {tuple(student_logits.shape)} and `teacher_logits` "
             f"{tuple(teacher_logits.shape)} must have the same shape."
         )
-    if student_logits.dtype in (torch.float16, torch.bfloat16):  # score in float32
-        student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    student_logits, teacher_logits = _exact(student_logits), _exact(teacher_logits)
     if kind == "sigmoid":
         return sigmoid_kl_rows(student_logits, teacher_logits)
     targets = torch.softmax(teacher_logits.detach(), dim=-1)
@@ -163,19 +164,21 @@ def image_text_distillation(
     def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
         return default if value is None else value
 
+    sigmoid = kind == "sigmoid"  # a softmax ignores a constant shift: no bias
+    bias, teacher_bias = (logit_bias, teacher_logit_bias) if sigmoid else (None, None)
     all_texts = _or(all_text_features, text_features)
     all_teacher_texts = _or(all_teacher_text_features, teacher_text_features).detach()
-    student = logit_scale * image_features @ all_texts.T
-    teacher = teacher_logit_scale * teacher_image_features.detach() @ all_teacher_texts.T
-    if kind == "sigmoid":
-        if logit_bias is not None:
-            student = student + logit_bias
-        if teacher_logit_bias is not None:
-            teacher = teacher + teacher_logit_bias
+    student = _block_logits(image_features, all_texts, logit_scale, bias)
+    teacher = _block_logits(
+        teacher_image_features.detach(), all_teacher_texts, teacher_logit_scale, teacher_bias
+    )
+    if sigmoid:
         return distillation_rows(student, teacher, "sigmoid")
     all_images = _or(all_image_features, image_features)
     all_teacher_images = _or(all_teacher_image_features, teacher_image_features).detach()
-    student_t2i = logit_scale * text_features @ all_images.T
-    teacher_t2i = teacher_logit_scale * teacher_text_features.detach() @ all_teacher_images.T
+    student_t2i = _block_logits(text_features, all_images, logit_scale)
+    teacher_t2i = _block_logits(
+        teacher_text_features.detach(), all_teacher_images, teacher_logit_scale
+    )
     image_rows = distillation_rows(student, teacher, "softmax")
     return (image_rows + distillation_rows(student_t2i, teacher_t2i, "softmax")) / 2
