@@ -1,10 +1,173 @@
-"""Argument checks shared by the functional losses (private)."""
+"""Argument checks shared by the whole package (private): every check is written once here.
+
+A value of the wrong type raises ``TypeError``, a value of the right type outside what is
+allowed raises ``ValueError``; both name the argument, the value given and what is allowed.
+The scalar checks return the value converted to the plain Python type (``numpy.int64`` →
+``int``), so what is stored is a primitive.
+"""
 
 from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Sized
+from typing import Any
 
 import torch
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left = "-inf" if low is None else f"{low:g}"
+    right = "inf" if high is None else f"{high:g}"
+    opening = "(" if low_open or low is None else "["
+    closing = ")" if high_open or high is None else "]"
+    return f"{opening}{left}, {right}{closing}"
+
+
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    optional: bool = False,
+) -> int | None:
+    """Return ``value`` as an ``int`` if it is an integer in ``[low, high]``.
+
+    ``bool`` is no integer here; numpy and torch integer scalars are. ``None`` passes when
+    ``optional``.
+
+    Example:
+        >>> check_int(3, "batch_size", low=1)
+        3
+        >>> check_int(1.5, "batch_size", low=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: `batch_size` must be an integer, got 1.5 (float).
+        >>> check_int(0, "batch_size", low=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `batch_size` must be an integer of at least 1, got 0.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        allowed = "an integer or None" if optional else "an integer"
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({_type_name(value)}).")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            allowed = f"an integer of at least {low}"
+        elif low is None:
+            allowed = f"an integer of at most {high}"
+        else:
+            allowed = f"an integer in [{low}, {high}]"
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    return value
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> float | None:
+    """Return ``value`` as a finite ``float`` in the interval from ``low`` to ``high``.
+
+    The bounds are inclusive unless ``low_open`` / ``high_open``. Integers are accepted
+    (``1`` for ``1.0``), ``bool`` and strings are not; NaN and infinities never pass.
+
+    Example:
+        >>> check_float(0.5, "decay", low=0, high=1, high_open=True)
+        0.5
+        >>> check_float(1, "decay", low=0, high=1, high_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: `decay` must be a finite number in [0, 1), got 1.
+        >>> check_float("0.5", "decay")
+        Traceback (most recent call last):
+        ...
+        TypeError: `decay` must be a number, got '0.5' (str).
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        allowed = "a number or None" if optional else "a number"
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({_type_name(value)}).")
+    number = float(value)
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or below or above:
+        raise ValueError(
+            f"`{name}` must be a finite number in "
+            f"{_interval(low, high, low_open, high_open)}, got {value!r}."
+        )
+    return number
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a ``bool`` (numpy's too); strings such as ``"false"`` are not.
+
+    Example:
+        >>> check_bool(True, "lock_image")
+        True
+        >>> check_bool("false", "lock_image")
+        Traceback (most recent call last):
+        ...
+        TypeError: `lock_image` must be True or False, got 'false' (str).
+    """
+    if type(value).__name__ == "bool_":  # numpy.bool_
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({_type_name(value)}).")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``.
+
+    Example:
+        >>> check_choice("ema", "validate_with", ("ema", "model", "both"))
+        'ema'
+        >>> check_choice("EMA", "validate_with", ("ema", "model", "both"))
+        Traceback (most recent call last):
+        ...
+        ValueError: `validate_with` must be one of ('ema', 'model', 'both'), got 'EMA'.
+    """
+    try:
+        known = value in choices
+    except TypeError:  # unhashable value against a set
+        known = False
+    if not known:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def check_length(value: Sized, name: str, length: int, what: str) -> None:
+    """Raise ``ValueError`` unless ``value`` holds ``length`` entries, one per ``what``.
+
+    Example:
+        >>> check_length([0.1, 0.2], "targets", 3, "concept")
+        Traceback (most recent call last):
+        ...
+        ValueError: `targets` must hold one entry per concept (3), got 2.
+    """
+    if len(value) != length:
+        raise ValueError(f"`{name}` must hold one entry per {what} ({length}), got {len(value)}.")
 
 
 def check_reduction(reduction: str) -> None:
