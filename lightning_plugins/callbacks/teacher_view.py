@@ -94,7 +94,10 @@ class TeacherView:
                         "it validates and exports, but distillation needs DDP or one device."
                     )
                 return torch.func.functional_call(
-                    _Invoke(self._module), self._tensors(), (function,), tie_weights=True
+                    _CallUnderFunctionalCall(self._module),
+                    self._tensors(),
+                    (function,),
+                    tie_weights=True,
                 )
         finally:
             for m, mode in zip(modules, modes, strict=True):
@@ -145,7 +148,7 @@ class TeacherView:
         return f"TeacherView({type(self._module).__name__}, name={self._callback.name!r})"
 
 
-class _Invoke(nn.Module):
+class _CallUnderFunctionalCall(nn.Module):
     """Runs a function inside ``functional_call``, so any method sees substituted tensors."""
 
     def __init__(self, module: nn.Module) -> None:

@@ -16,12 +16,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_plugins.datamodules.concept_vocabulary import concept_ids, read_vocabulary
 from lightning_plugins.datamodules.data_source import resolve_source
-from lightning_plugins.datamodules.decode_samples import DecodeSamples
-from lightning_plugins.datamodules.decoded_sample import decode_image
+from lightning_plugins.datamodules.decoding_stream import DecodingStream
 from lightning_plugins.datamodules.expand_braces import expand_braces
 from lightning_plugins.datamodules.image_text_pairs import ImageTextPairs
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.datamodules.manifest import read_manifest
+from lightning_plugins.datamodules.sample_decoding import decode_image
 from lightning_plugins.datamodules.shard_samples import scan_shards
 from lightning_plugins.distributed import get_rank, get_world_size
 from lightning_plugins.functional.cabs_select import check_cabs_arguments
@@ -32,10 +32,10 @@ from lightning_plugins.sampling.concept_aware_batch_sampler import super_batch_s
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
 
 # The datasets, `decode_image` and `expand_braces` live in their own modules and are
-# re-exported for imports from here; patch `decoded_sample.decode_image`, which is where
+# re-exported for imports from here; patch `sample_decoding.decode_image`, which is where
 # decoding looks it up.
 __all__ = [
-    "DecodeSamples",
+    "DecodingStream",
     "ImageTextDataModule",
     "ImageTextPairs",
     "ImageTextShards",
@@ -372,7 +372,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         source: Iterable[dict[str, Any]] = reader
         if self.sampling == "cabs":
             source = ConceptAwareStream(reader, variant=self.cabs_variant, **cabs)
-        dataset = DecodeSamples(source, self.train_transform, self.max_objects)
+        dataset = DecodingStream(source, self.train_transform, self.max_objects)
         return StatefulDataLoader(dataset, batch_size=self.batch_size, **workers)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
@@ -388,7 +388,7 @@ class ImageTextDataModule(pl.LightningDataModule):
             reader = ImageTextShards(
                 self.val_paths, self._val_sizes, num_replicas=num_replicas, rank=rank
             )
-            dataset = DecodeSamples(reader, self.eval_transform, None)
+            dataset = DecodingStream(reader, self.eval_transform, None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_plugins.datamodules.decoded_sample import Transform, decode_sample
+from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
 from lightning_plugins.functional.concept_lists import concept_csr
 
 __all__ = ["ImageTextPairs"]

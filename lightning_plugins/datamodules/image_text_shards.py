@@ -26,7 +26,7 @@ class ImageTextShards(IterableDataset):
     when ``concepts`` is given, ``concepts`` (a list of concept ids, looked up by index).
     Images are not decoded here, so a selection step (such as
     :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream`) can run
-    before :class:`~lightning_plugins.datamodules.decode_samples.DecodeSamples` decodes the
+    before :class:`~lightning_plugins.datamodules.decoding_stream.DecodingStream` decodes the
     chosen ones.
 
     The shards are split across DDP ranks and DataLoader workers: consumer ``r * W + w``

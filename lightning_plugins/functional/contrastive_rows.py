@@ -18,6 +18,7 @@ __all__ = [
     "sigmoid_row_loss",
     "softmax_row_loss",
     "symmetric_softmax_loss",
+    "upcast_half_precision",
 ]
 
 
@@ -33,8 +34,18 @@ def _as_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
-def _exact(tensor: torch.Tensor) -> torch.Tensor:
-    """Half-precision inputs are scored in float32 (as autocast does for losses)."""
+def upcast_half_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 if it is float16 or bfloat16, else unchanged.
+
+    Losses score half-precision features in float32, as autocast does for losses, so
+    their values and gradients do not depend on the training precision.
+
+    Example:
+        >>> upcast_half_precision(torch.ones(2, dtype=torch.bfloat16)).dtype
+        torch.float32
+        >>> upcast_half_precision(torch.ones(2, dtype=torch.float64)).dtype
+        torch.float64
+    """
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
@@ -226,7 +237,7 @@ def softmax_row_loss(
         logits = scale * queries @ keys.T  # open_clip's order of operations
         target = _targets(queries.shape[0], label_offset, queries.device)
         return F.cross_entropy(logits, target, reduction="none")
-    queries, keys = _exact(queries), _exact(keys)
+    queries, keys = upcast_half_precision(queries), upcast_half_precision(keys)
     with torch.autocast(queries.device.type, enabled=False):
         return _ChunkedSoftmaxRows.apply(
             queries, keys, _as_scalar(scale, queries), label_offset, chunk_size
@@ -261,7 +272,7 @@ def symmetric_softmax_loss(
         True
     """
     check_chunk_size(chunk_size)
-    images, texts = _exact(image_features), _exact(text_features)
+    images, texts = upcast_half_precision(image_features), upcast_half_precision(text_features)
     with torch.autocast(images.device.type, enabled=False):
         return _ChunkedSymmetricSoftmax.apply(images, texts, _as_scalar(scale, images), chunk_size)
 
@@ -310,7 +321,7 @@ def sigmoid_row_loss(
             rows = torch.arange(logits.shape[0], device=logits.device)
             per_row = per_row - logits[rows, rows + label_offset]
         return per_row
-    queries, keys = _exact(queries), _exact(keys)
+    queries, keys = upcast_half_precision(queries), upcast_half_precision(keys)
     with torch.autocast(queries.device.type, enabled=False):
         return _ChunkedSigmoidRows.apply(
             queries,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_plugins.functional.contrastive_rows import _block_logits, _exact
+from lightning_plugins.functional.contrastive_rows import _block_logits, upcast_half_precision
 
 __all__ = [
     "DISTILLATION_KINDS",
@@ -99,7 +99,10 @@ def distillation_rows(
             f"`student_logits` {tuple(student_logits.shape)} and `teacher_logits` "
             f"{tuple(teacher_logits.shape)} must have the same shape."
         )
-    student_logits, teacher_logits = _exact(student_logits), _exact(teacher_logits)
+    student_logits, teacher_logits = (
+        upcast_half_precision(student_logits),
+        upcast_half_precision(teacher_logits),
+    )
     if kind == "sigmoid":
         return sigmoid_kl_rows(student_logits, teacher_logits)
     targets = torch.softmax(teacher_logits.detach(), dim=-1)

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lightning_plugins.datamodules import ImageTextDataModule, decoded_sample
-from lightning_plugins.datamodules.decode_samples import DecodeSamples
+from lightning_plugins.datamodules import ImageTextDataModule, sample_decoding
+from lightning_plugins.datamodules.decoding_stream import DecodingStream
 from lightning_plugins.datamodules.expand_braces import expand_braces
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.sampling import ConceptAwareBatchSampler
@@ -203,8 +203,8 @@ def test_cabs_batches_are_the_samplers(data):
 @pytest.mark.parametrize("train", ["train.jsonl", SHARDS])
 def test_cabs_decodes_only_the_chosen_images(data, monkeypatch, train):
     decoded = []
-    original = decoded_sample.decode_image
-    monkeypatch.setattr(decoded_sample, "decode_image", lambda s: decoded.append(s) or original(s))
+    original = sample_decoding.decode_image
+    monkeypatch.setattr(sample_decoding, "decode_image", lambda s: decoded.append(s) or original(s))
     dm = datamodule(data, train, sampling="cabs", filter_ratio=0.75, cabs_variant="fm")
     got = indices(dm.train_dataloader())  # 24 candidates -> 1 or 2 batches of 4 kept
     assert len(got) >= 1 and all(len(batch) == 4 for batch in got)
@@ -241,7 +241,7 @@ def test_shard_order_changes_with_the_epoch(data):
     reader = ImageTextShards(["a", "b", "c", "d", "e"], [1] * 5, shuffle=True)
     orders = {tuple(reader.shard_order(epoch)) for epoch in range(6)}
     assert len(orders) > 1
-    dataset = DecodeSamples(reader, lambda image: image, None)
+    dataset = DecodingStream(reader, lambda image: image, None)
     dataset.set_epoch(3)
     assert reader.epoch == 3
 

@@ -1,4 +1,4 @@
-"""Decoding one image-text sample into the training sample dict the datamodules yield."""
+"""Decoding one sample: its image (`decode_image`) and its training dict (`decode_sample`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ Transform = Callable[[Image.Image], torch.Tensor]
 def decode_image(source: str | bytes) -> Image.Image:
     """Open an image file (a path) or encoded image bytes as an RGB PIL image.
 
-    Every image that :class:`ImageTextPairs` and :class:`DecodeSamples` load passes through
+    Every image that :class:`ImageTextPairs` and :class:`DecodingStream` load passes through
     here, once per sample.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:

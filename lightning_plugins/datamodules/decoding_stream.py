@@ -1,4 +1,4 @@
-"""DecodeSamples: decode the images of a stream of undecoded samples, keeping the epoch."""
+"""DecodingStream: decode the images of a stream of undecoded samples, keeping the epoch."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
-from lightning_plugins.datamodules.decoded_sample import Transform, decode_sample
+from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
 
-__all__ = ["DecodeSamples"]
+__all__ = ["DecodingStream"]
 
 
-class DecodeSamples(IterableDataset):
+class DecodingStream(IterableDataset):
     """Decode and transform the images of a stream of undecoded samples.
 
     Turns each dict of ``source`` (with ``image_bytes``, ``caption``, ``index`` and
