@@ -24,6 +24,7 @@ from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_image
 from lightning_plugins.datamodules.shard_samples import scan_shards
 from lightning_plugins.distributed import get_rank, get_world_size
+from lightning_plugins.functional._checks import check_choice, check_int, check_length
 from lightning_plugins.functional.cabs_select import check_cabs_arguments
 from lightning_plugins.functional.concept_lists import concept_csr
 from lightning_plugins.models import list_model_names
@@ -124,6 +125,8 @@ class ImageTextDataModule(pl.LightningDataModule):
             names, or ``None`` to build it from the training data.
 
     Raises:
+        TypeError: at construction for a size, ``num_workers`` or ``seed`` that is not an
+            integer.
         ValueError: at construction for a bad argument (missing file, unknown extension,
             unknown ``sampling`` / ``cabs_variant`` / ``model_name``, ``filter_ratio``
             outside ``[0, 1)``, non-positive sizes); at :meth:`setup` for bad data (a row
@@ -175,13 +178,11 @@ class ImageTextDataModule(pl.LightningDataModule):
         concept_vocabulary: str | list[str] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("max_objects", max_objects)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be a non-negative integer, got {num_workers!r}.")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"`sampling` must be one of {SAMPLINGS}, got {sampling!r}.")
+        batch_size = check_int(batch_size, "batch_size", low=1)
+        max_objects = check_int(max_objects, "max_objects", low=1)
+        num_workers = check_int(num_workers, "num_workers", low=0)
+        seed = check_int(seed, "seed")
+        check_choice(sampling, "sampling", SAMPLINGS)
         check_cabs_arguments(filter_ratio, cabs_variant, cabs_cap, cabs_targets, prefix="cabs_")
         if not isinstance(concepts_key, str) or not concepts_key:
             raise ValueError(f"`concepts_key` must be a non-empty string, got {concepts_key!r}.")
@@ -202,9 +203,7 @@ class ImageTextDataModule(pl.LightningDataModule):
                 image_size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
                 if not isinstance(image_size, int):  # (height, width): use the larger side
                     image_size = max(image_size)
-        image_size = 224 if image_size is None else image_size
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"`image_size` must be a positive integer, got {image_size!r}.")
+        image_size = check_int(224 if image_size is None else image_size, "image_size", low=1)
         self.train_kind, self.train_paths = resolve_source(train, "train")
         self.val_kind, self.val_paths = (None, []) if val is None else resolve_source(val, "val")
         self.vocabulary = (
@@ -275,11 +274,8 @@ class ImageTextDataModule(pl.LightningDataModule):
                 f"training samples of `train`={self.train!r} has any under "
                 f"`concepts_key`={self.concepts_key!r}."
             )
-        if self.cabs_targets is not None and len(self.cabs_targets) != len(names):
-            raise ValueError(
-                f"`cabs_targets` has {len(self.cabs_targets)} entries but the concept vocabulary "
-                f"has {len(names)}; give one per concept (see `concept_names`)."
-            )
+        if self.cabs_targets is not None:
+            check_length(self.cabs_targets, "cabs_targets", len(names), "concept of the vocabulary")
         if self.train_kind == "manifest" and not os.path.isfile(images[0]):
             raise ValueError(
                 f"{places[0]} names the image {images[0]!r}, which does not exist (relative "

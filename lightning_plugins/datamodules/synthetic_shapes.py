@@ -20,6 +20,7 @@ from lightning_plugins.datamodules.shapes_scene import (
     num_caption_templates,
     zipf_probabilities,
 )
+from lightning_plugins.functional._checks import check_choice, check_float, check_int
 from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
@@ -209,6 +210,8 @@ class SyntheticShapes(pl.LightningDataModule):
             for uniform over the concepts of each super-batch.
 
     Raises:
+        TypeError: for a size, seed or ``zipf_exponent`` that is not a number (``1.5``
+            or ``"64"`` for a size).
         ValueError: for sizes below 1, ``max_objects`` outside 1-4, ``image_size`` below
             16, a negative ``zipf_exponent``, an unknown ``sampling``, or CABS settings
             the sampler rejects.
@@ -241,24 +244,16 @@ class SyntheticShapes(pl.LightningDataModule):
         cabs_targets: list[float] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("train_size", train_size),
-            ("zero_shot_size", zero_shot_size),
-            ("retrieval_size", retrieval_size),
-        ):
-            if value < 1:
-                raise ValueError(f"`{name}` must be at least 1, got {value}.")
-        if num_workers < 0:
-            raise ValueError(f"`num_workers` must be non-negative, got {num_workers}.")
-        if not 1 <= max_objects <= 4:
-            raise ValueError(f"`max_objects` must be in 1..4 (a 2x2 grid), got {max_objects}.")
-        if image_size < 16:
-            raise ValueError(f"`image_size` must be at least 16 pixels, got {image_size}.")
-        if zipf_exponent < 0:
-            raise ValueError(f"`zipf_exponent` must be non-negative, got {zipf_exponent}.")
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}.")
+        batch_size = check_int(batch_size, "batch_size", low=1)
+        train_size = check_int(train_size, "train_size", low=1)
+        zero_shot_size = check_int(zero_shot_size, "zero_shot_size", low=1)
+        retrieval_size = check_int(retrieval_size, "retrieval_size", low=1)
+        num_workers = check_int(num_workers, "num_workers", low=0)
+        max_objects = check_int(max_objects, "max_objects", low=1, high=4)  # a 2x2 grid
+        image_size = check_int(image_size, "image_size", low=16)
+        zipf_exponent = check_float(zipf_exponent, "zipf_exponent", low=0)
+        seed = check_int(seed, "seed")
+        check_choice(sampling, "sampling", SAMPLING_MODES)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed

@@ -53,7 +53,7 @@ def check_int(
         >>> check_int(0, "batch_size", low=1)
         Traceback (most recent call last):
         ...
-        ValueError: `batch_size` must be an integer of at least 1, got 0.
+        ValueError: `batch_size` must be a positive integer, got 0.
     """
     if value is None and optional:
         return None
@@ -64,7 +64,9 @@ def check_int(
         raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({_type_name(value)}).")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        if high is None:
+        if high is None and low in (0, 1):
+            allowed = "a non-negative integer" if low == 0 else "a positive integer"
+        elif high is None:
             allowed = f"an integer of at least {low}"
         elif low is None:
             allowed = f"an integer of at most {high}"
@@ -128,12 +130,12 @@ def check_bool(value: Any, name: str) -> bool:
         >>> check_bool("false", "lock_image")
         Traceback (most recent call last):
         ...
-        TypeError: `lock_image` must be True or False, got 'false' (str).
+        TypeError: `lock_image` must be a bool (True or False), got 'false' (str).
     """
     if type(value).__name__ == "bool_":  # numpy.bool_
         value = bool(value)
     if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r} ({_type_name(value)}).")
+        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r} ({_type_name(value)}).")
     return value
 
 
@@ -265,3 +267,23 @@ def apply_reduction(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
+
+
+def check_top_k(top_k: Any, name: str = "top_k") -> tuple[int, ...]:
+    """Return ``top_k`` as a non-empty tuple of integers of at least 1.
+
+    Example:
+        >>> check_top_k([1, 5])
+        (1, 5)
+        >>> check_top_k(())
+        Traceback (most recent call last):
+        ...
+        ValueError: `top_k` must hold at least one K, got ().
+    """
+    if isinstance(top_k, str | bytes) or not isinstance(top_k, Collection):
+        raise TypeError(
+            f"`{name}` must be a sequence of integers, got {top_k!r} ({_type_name(top_k)})."
+        )
+    if len(top_k) == 0:
+        raise ValueError(f"`{name}` must hold at least one K, got {tuple(top_k)}.")
+    return tuple(check_int(k, f"{name}[{i}]", low=1) for i, k in enumerate(top_k))

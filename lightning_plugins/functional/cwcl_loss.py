@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
+    check_choice,
     check_feature_pair,
     check_global_features,
     check_reduction,
@@ -82,8 +83,7 @@ def cwcl_loss(
         >>> cwcl_loss(image, text, 10.0, frozen="image", reduction="none").shape
         torch.Size([4])
     """
-    if frozen not in _MODALITIES:
-        raise ValueError(f"`frozen` must be one of {_MODALITIES}, got {frozen!r}.")
+    check_choice(frozen, "frozen", _MODALITIES)
     check_reduction(reduction)
     check_feature_pair(image_features, text_features)
     all_images = image_features if all_image_features is None else all_image_features

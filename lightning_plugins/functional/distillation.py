@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_plugins.functional._checks import check_choice
 from lightning_plugins.functional.contrastive_rows import _block_logits, upcast_half_precision
 
 __all__ = [
@@ -92,8 +93,7 @@ def distillation_rows(
         >>> student.grad  # softmax(student) - softmax(teacher)
         tensor([[-0.6313,  0.3157,  0.3157]])
     """
-    if kind not in DISTILLATION_KINDS:
-        raise ValueError(f"`kind` must be one of {DISTILLATION_KINDS}, got {kind!r}.")
+    check_choice(kind, "kind", DISTILLATION_KINDS)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"`student_logits` {tuple(student_logits.shape)} and `teacher_logits` "
@@ -161,8 +161,7 @@ def image_text_distillation(
         >>> image_text_distillation(feats, feats, feats, feats, 10.0, 10.0)
         tensor([0.0010, 0.0010, 0.0010])
     """
-    if kind not in DISTILLATION_KINDS:
-        raise ValueError(f"`kind` must be one of {DISTILLATION_KINDS}, got {kind!r}.")
+    check_choice(kind, "kind", DISTILLATION_KINDS)
 
     def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
         return default if value is None else value

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_plugins.functional._checks import check_float
+
 __all__ = ["ema_update_"]
 
 
@@ -40,8 +42,7 @@ def ema_update_(
         >>> ema
         [tensor([0.1000, 9.0000]), tensor([5])]
     """
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"`decay` must lie in [0, 1], got {decay}.")
+    decay = check_float(decay, "decay", low=0.0, high=1.0)
     if len(ema_tensors) != len(model_tensors):
         raise ValueError(
             f"`ema_tensors` and `model_tensors` must have equal lengths, got {len(ema_tensors)} "

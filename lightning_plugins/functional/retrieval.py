@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_plugins.functional._checks import check_int, check_top_k
+
 __all__ = ["retrieval_recall"]
 
 
@@ -59,10 +61,8 @@ def retrieval_recall(
             "`image_features` and `text_features` must be paired [N, D] tensors of equal "
             f"shape, got {tuple(image_features.shape)} and {tuple(text_features.shape)}."
         )
-    if not top_k or min(top_k) < 1:
-        raise ValueError(f"`top_k` must be non-empty positive integers, got {tuple(top_k)}.")
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
+    top_k = check_top_k(top_k)
+    chunk_size = check_int(chunk_size, "chunk_size", low=1)
     ks = torch.tensor(list(top_k), device=image_features.device)
     return (
         _recall_one_way(image_features, text_features, ks, chunk_size),

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from lightning_plugins.functional._checks import check_int
+
 __all__ = [
     "SCHEDULES",
     "constant_schedule",
@@ -15,11 +17,6 @@ __all__ = [
     "resolve_schedule",
     "warmup_decay_schedule",
 ]
-
-
-def _check_step(step: int) -> None:
-    if step < 0:
-        raise ValueError(f"`step` must be non-negative, got {step}.")
 
 
 def constant_schedule(step: int, value: float) -> float:
@@ -36,7 +33,7 @@ def constant_schedule(step: int, value: float) -> float:
         >>> constant_schedule(0, 0.999), constant_schedule(1000, 0.999)
         (0.999, 0.999)
     """
-    _check_step(step)
+    check_int(step, "step", low=0)
     return float(value)
 
 
@@ -73,7 +70,7 @@ def warmup_decay_schedule(
         >>> warmup_decay_schedule(10**9, decay=0.999)
         0.999
     """
-    _check_step(step)
+    check_int(step, "step", low=0)
     if not gamma > 0 or not power > 0:
         raise ValueError(f"`gamma` and `power` must be positive, got {gamma} and {power}.")
     if not 0.0 <= min_decay <= decay <= 1.0:
@@ -106,9 +103,8 @@ def cosine_schedule(step: int, max_steps: int, start_value: float, end_value: fl
         >>> [round(cosine_schedule(s, 5, 0.996, 1.0), 6) for s in range(6)]
         [0.996, 0.996586, 0.998, 0.999414, 1.0, 1.0]
     """
-    _check_step(step)
-    if max_steps < 1:
-        raise ValueError(f"`max_steps` must be at least 1, got {max_steps}.")
+    check_int(step, "step", low=0)
+    check_int(max_steps, "max_steps", low=1)
     if step >= max_steps - 1:
         return float(end_value)
     cosine = (math.cos(math.pi * step / (max_steps - 1)) + 1.0) / 2.0

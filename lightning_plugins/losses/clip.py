@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_plugins.functional import clip_loss
+from lightning_plugins.functional._checks import check_bool
 from lightning_plugins.functional.contrastive_rows import check_chunk_size
 from lightning_plugins.losses._global_batch import GlobalBatch
 from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
@@ -67,8 +68,8 @@ class ClipLoss(ContrastiveLoss):
     ) -> None:
         super().__init__(normalized)
         check_chunk_size(chunk_size)
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
+        self.local_loss = check_bool(local_loss, "local_loss")
+        self.gather_with_grad = check_bool(gather_with_grad, "gather_with_grad")
         self.chunk_size = chunk_size
 
     def global_loss(

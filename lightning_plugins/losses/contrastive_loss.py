@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from lightning_plugins.functional._checks import check_unit_norm
+from lightning_plugins.functional._checks import check_bool, check_unit_norm
 from lightning_plugins.losses._global_batch import GlobalBatch, check_inputs, ensure_finite
 
 __all__ = ["ContrastiveLoss"]
@@ -40,7 +40,7 @@ class ContrastiveLoss(nn.Module, ABC):
 
     def __init__(self, normalized: bool = True) -> None:
         super().__init__()
-        self.normalized = normalized
+        self.normalized = check_bool(normalized, "normalized")
         self._norm_checked = False
 
     @abstractmethod

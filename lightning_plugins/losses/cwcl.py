@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_plugins.functional._checks import check_bool, check_choice
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.losses._global_batch import GlobalBatch
 from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
@@ -66,14 +67,8 @@ class CWCLLoss(ContrastiveLoss):
         self, frozen: str = "text", symmetric_soft: bool = False, normalized: bool = True
     ) -> None:
         super().__init__(normalized)
-        if frozen not in _MODALITIES:
-            raise ValueError(f"`frozen` must be one of {_MODALITIES}, got {frozen!r}.")
-        if not isinstance(symmetric_soft, bool):
-            raise TypeError(
-                f"`symmetric_soft` must be a bool, got {type(symmetric_soft).__name__}."
-            )
-        self.frozen = frozen
-        self.symmetric_soft = symmetric_soft
+        self.frozen = check_choice(frozen, "frozen", _MODALITIES)
+        self.symmetric_soft = check_bool(symmetric_soft, "symmetric_soft")
 
     def global_loss(
         self,

@@ -6,6 +6,7 @@ import torch
 
 from lightning_plugins.distributed import neighbour_exchange
 from lightning_plugins.functional import siglip_loss
+from lightning_plugins.functional._checks import check_choice
 from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
 from lightning_plugins.losses._global_batch import GlobalBatch
 from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
@@ -61,8 +62,7 @@ class SigLipLoss(ContrastiveLoss):
     ) -> None:
         super().__init__(normalized)
         check_chunk_size(chunk_size)
-        if dist_impl not in _DIST_IMPLS:
-            raise ValueError(f"`dist_impl` must be one of {_DIST_IMPLS}, got {dist_impl!r}.")
+        check_choice(dist_impl, "dist_impl", _DIST_IMPLS)
         self.chunk_size = chunk_size
         self.normalized = normalized
         self._norm_checked = False

@@ -9,6 +9,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_plugins.functional import first_occurrence, retrieval_recall
+from lightning_plugins.functional._checks import check_int, check_top_k
 
 __all__ = ["ImageTextRetrieval"]
 
@@ -38,12 +39,8 @@ class ImageTextRetrieval(Metric):
 
     def __init__(self, top_k: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not top_k or min(top_k) < 1:
-            raise ValueError(f"`top_k` must be non-empty positive integers, got {tuple(top_k)}.")
-        if chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
-        self.top_k = tuple(top_k)
-        self.chunk_size = chunk_size
+        self.top_k = check_top_k(top_k)
+        self.chunk_size = check_int(chunk_size, "chunk_size", low=1)
         self.add_state("image_features", default=[], dist_reduce_fx="cat")
         self.add_state("text_features", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")

@@ -9,6 +9,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_plugins.functional import first_occurrence, topk_correct
+from lightning_plugins.functional._checks import check_int, check_top_k
 
 __all__ = ["ZeroShotAccuracy"]
 
@@ -44,14 +45,12 @@ class ZeroShotAccuracy(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if num_classes < 1:
-            raise ValueError(f"`num_classes` must be at least 1, got {num_classes}.")
-        given = tuple(top_k)
+        num_classes = check_int(num_classes, "num_classes", low=1)
+        given = check_top_k(top_k)
         top_k = tuple(k for k in given if k <= num_classes)
-        if not top_k or min(top_k) < 1:
+        if not top_k:
             raise ValueError(
-                f"`top_k` must hold positive integers, at least one <= num_classes={num_classes}, "
-                f"got {given}."
+                f"`top_k` must hold at least one K <= num_classes={num_classes}, got {given}."
             )
         self.num_classes = num_classes
         self.top_k = top_k

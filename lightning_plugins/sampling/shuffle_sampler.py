@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from lightning_plugins.functional._checks import check_int
+
 __all__ = ["ShuffleSampler"]
 
 
@@ -25,6 +27,10 @@ class ShuffleSampler(Sampler[int]):
         size: number of indices.
         seed: base seed.
 
+    Raises:
+        TypeError: for a ``size`` or ``seed`` that is not an integer.
+        ValueError: for a negative ``size``.
+
     Example:
         >>> sampler = ShuffleSampler(5, seed=0)
         >>> first = list(sampler)
@@ -40,10 +46,8 @@ class ShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, size: int, seed: int = 0) -> None:
-        if size < 0:
-            raise ValueError(f"`size` must be non-negative, got {size}.")
-        self.size = size
-        self.seed = seed
+        self.size = check_int(size, "size", low=0)
+        self.seed = check_int(seed, "seed")
         self.epoch = 0
         self._yielded = 0
         self._skip = 0

@@ -407,7 +407,7 @@ def test_bad_arguments_raise_at_construction(data, kwargs, match):
         (
             [{"image": "images/000.jpg", "caption": "x", "concepts": ["a"]}],
             {"cabs_targets": [0.5, 0.5]},
-            r"`cabs_targets` has 2 entries but .* has 1",
+            r"`cabs_targets` must hold one entry per concept of the vocabulary \(1\), got 2",
         ),
     ],
 )

@@ -63,5 +63,5 @@ def test_stateful_dataloader_resumes_across_epochs(num_workers):
 
 
 def test_negative_size_rejected():
-    with pytest.raises(ValueError, match="`size` must be non-negative, got -1"):
+    with pytest.raises(ValueError, match="`size` must be a non-negative integer, got -1"):
         ShuffleSampler(-1)
