@@ -12,6 +12,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lightning_plugins.datamodules.shard_samples import read_shard_sample, tar_groups
 from lightning_plugins.distributed import get_rank, get_world_size
 from lightning_plugins.functional.concept_lists import concept_csr
+from lightning_plugins.sampling.epoch_position import EpochPosition
 
 __all__ = ["ImageTextShards"]
 
@@ -94,15 +95,16 @@ class ImageTextShards(IterableDataset):
                 f"`rank` must be in [0, num_replicas), got rank {self.rank} and num_replicas "
                 f"{self.num_replicas}."
             )
-        self.epoch = 0
-        self._yielded = 0
-        self._skip = 0
+        self.position = EpochPosition()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose shard order is read."""
+        return self.position.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shard order of ``epoch``; a loaded position in another epoch is dropped."""
-        if epoch != self.epoch:
-            self._skip = 0
-        self.epoch = int(epoch)
+        self.position.set_epoch(epoch)
 
     def shard_order(self, epoch: int) -> list[int]:
         """Shard numbers in the order of ``epoch``."""
@@ -131,13 +133,11 @@ class ImageTextShards(IterableDataset):
         limit = None
         if self.equalize:
             limit = min(sum(self.sizes[s] for s in shards) for shards in assignment)
-        skip, self._skip = self._skip, 0
-        self._yielded = skip
-        return self._samples(mine, skip, limit)
+        return self._samples(mine, self.position.start(), limit)
 
     def _samples(self, mine: list[int], skip: int, limit: int | None) -> Iterator[dict[str, Any]]:
         for shard in mine:
-            if limit is not None and self._yielded >= limit:
+            if limit is not None and self.position.yielded >= limit:
                 return
             if skip >= self.sizes[shard]:
                 skip -= self.sizes[shard]
@@ -147,7 +147,7 @@ class ImageTextShards(IterableDataset):
                 for position, (key, parts) in enumerate(tar_groups(tar)):
                     if position < skip:
                         continue
-                    if limit is not None and self._yielded >= limit:
+                    if limit is not None and self.position.yielded >= limit:
                         return
                     image, caption, _ = read_shard_sample(tar, path, key, parts, images=True)
                     index = self.starts[shard] + position
@@ -159,15 +159,14 @@ class ImageTextShards(IterableDataset):
                     if self.concepts is not None:
                         ids, offsets = self.concepts
                         sample["concepts"] = ids[offsets[index] : offsets[index + 1]].tolist()
-                    self._yielded += 1
+                    self.position.advance()
                     yield sample
             skip = 0
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch and how many samples of it were handed out."""
-        return {"epoch": self.epoch, "yielded": self._yielded}
+        return self.position.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue after the samples already handed out in the saved epoch."""
-        self.epoch = int(state_dict["epoch"])
-        self._skip = int(state_dict["yielded"])
+        self.position.load_state_dict(state_dict)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 from lightning_plugins.functional._checks import check_int
+from lightning_plugins.sampling.epoch_position import EpochPosition
 
 __all__ = ["ShuffleSampler"]
 
@@ -48,15 +49,16 @@ class ShuffleSampler(Sampler[int]):
     def __init__(self, size: int, seed: int = 0) -> None:
         self.size = check_int(size, "size", low=0)
         self.seed = check_int(seed, "seed")
-        self.epoch = 0
-        self._yielded = 0
-        self._skip = 0
+        self.position = EpochPosition()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose permutation is drawn."""
+        return self.position.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch``."""
-        if epoch != self.epoch:
-            self._skip = 0
-        self.epoch = epoch
+        self.position.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.size
@@ -64,20 +66,17 @@ class ShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
-        skip, self._skip = self._skip, 0
-        self._yielded = skip  # now, not at the first index: a state saved before it is right
-        return self._indices(order[skip:])
+        return self._indices(order[self.position.start() :])
 
     def _indices(self, order: list[int]) -> Iterator[int]:
         for index in order:
-            self._yielded += 1
+            self.position.advance()
             yield index
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch and how many of its indices were handed out."""
-        return {"epoch": self.epoch, "yielded": self._yielded}
+        return self.position.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue after the indices already handed out in the saved epoch."""
-        self.epoch = int(state_dict["epoch"])
-        self._skip = int(state_dict["yielded"])
+        self.position.load_state_dict(state_dict)
