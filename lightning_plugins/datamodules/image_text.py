@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -45,6 +46,18 @@ __all__ = [
 ]
 
 SAMPLINGS = ("iid", "cabs")
+
+
+@dataclass
+class _Split:
+    """One split's source and what :meth:`ImageTextDataModule.setup` read of it."""
+
+    kind: str | None  # "manifest", "shards", or None for no data
+    paths: list[str]
+    sizes: list[int] = field(default_factory=list)  # samples per shard
+    dataset: ImageTextPairs | None = None  # a manifest's pairs
+    concepts: tuple[torch.Tensor, torch.Tensor] | None = None  # training annotations (CSR)
+    ready: bool = False
 
 
 class ImageTextDataModule(pl.LightningDataModule):
@@ -89,6 +102,11 @@ class ImageTextDataModule(pl.LightningDataModule):
     under DDP); for shards a
     :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream` over
     undecoded samples. Either way only the chosen samples' images are decoded.
+
+    **State.** The constructor's arguments stay attributes of the same names (except the
+    CABS settings, grouped in ``cabs``, and ``mean`` / ``std``, kept in ``transforms``);
+    what :meth:`setup` reads is in one record per split and in ``num_concepts``,
+    ``concept_names`` and ``concept_frequencies``.
 
     **Batches.** Training batches hold ``image`` (``[B, 3, S, S]`` float, open_clip's
     transform), ``caption`` (list of ``B`` strings; the module tokenizes them),
@@ -204,60 +222,70 @@ class ImageTextDataModule(pl.LightningDataModule):
                 if not isinstance(image_size, int):  # (height, width): use the larger side
                     image_size = max(image_size)
         image_size = check_int(224 if image_size is None else image_size, "image_size", low=1)
-        self.train_kind, self.train_paths = resolve_source(train, "train")
-        self.val_kind, self.val_paths = (None, []) if val is None else resolve_source(val, "val")
+        self._train = _Split(*resolve_source(train, "train"))
+        self._val = _Split(None, []) if val is None else _Split(*resolve_source(val, "val"))
         self.vocabulary = (
             None if concept_vocabulary is None else read_vocabulary(concept_vocabulary)
         )
         self.train = train
         self.val = val
         self.image_size = image_size
-        self.mean = tuple(OPENAI_DATASET_MEAN if mean is None else mean)
-        self.std = tuple(OPENAI_DATASET_STD if std is None else std)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.sampling = sampling
-        self.filter_ratio = float(filter_ratio)
-        self.cabs_variant = cabs_variant
-        self.cabs_cap = cabs_cap
-        self.cabs_targets = cabs_targets
+        self.cabs = {
+            "filter_ratio": float(filter_ratio),
+            "variant": cabs_variant,
+            "cap": cabs_cap,
+            "targets": cabs_targets,
+        }
         self.seed = seed
         self.concepts_key = concepts_key
         self.max_objects = max_objects
-        self.train_transform = open_clip.image_transform(
-            image_size, is_train=True, mean=self.mean, std=self.std
-        )
-        self.eval_transform = open_clip.image_transform(
-            image_size, is_train=False, mean=self.mean, std=self.std
-        )
+        mean = tuple(OPENAI_DATASET_MEAN if mean is None else mean)
+        std = tuple(OPENAI_DATASET_STD if std is None else std)
+        self.transforms = {
+            "train": open_clip.image_transform(image_size, is_train=True, mean=mean, std=std),
+            "eval": open_clip.image_transform(image_size, is_train=False, mean=mean, std=std),
+        }
         self.num_concepts: int | None = None
         self.concept_names: list[str] | None = None
         self.concept_frequencies: torch.Tensor | None = None
-        self.train_set: ImageTextPairs | None = None
-        self.val_set: ImageTextPairs | None = None
-        self._train_concepts: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._train_sizes: list[int] = []
-        self._val_sizes: list[int] = []
-        self._val_ready = False
+
+    @property
+    def train_set(self) -> ImageTextPairs | None:
+        """The training pairs of a manifest (after :meth:`setup`); ``None`` for shards."""
+        return self._train.dataset
+
+    @property
+    def val_set(self) -> ImageTextPairs | None:
+        """The validation pairs of a manifest (after :meth:`setup`); ``None`` otherwise."""
+        return self._val.dataset
+
+    @property
+    def train_paths(self) -> list[str]:
+        """The training manifest (one path) or shard paths."""
+        return self._train.paths
 
     # ------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
         """Read the annotations: build the vocabulary and the datasets (once)."""
-        if stage in (None, "fit") and self._train_concepts is None:
+        if stage in (None, "fit") and not self._train.ready:
             self._setup_train()
-        if stage in (None, "fit", "validate", "test") and not self._val_ready:
+        if stage in (None, "fit", "validate", "test") and not self._val.ready:
             self._setup_val()
 
     def _setup_train(self) -> None:
         images: list[str] = []
         captions: list[str] = []
-        if self.train_kind == "manifest":
+        split = self._train
+        if split.kind == "manifest":
             images, captions, raw, places = read_manifest(
-                self.train_paths[0], self.concepts_key, "train"
+                split.paths[0], self.concepts_key, "train"
             )
         else:
-            self._train_sizes, raw, places = scan_shards(self.train_paths, self.concepts_key)
-            if sum(self._train_sizes) == 0:
+            split.sizes, raw, places = scan_shards(split.paths, self.concepts_key)
+            if sum(split.sizes) == 0:
                 raise ValueError(f"`train`={self.train!r}: the shards hold no samples.")
         names, ids = concept_ids(raw, places, self.vocabulary)
         for row, where in zip(ids, places, strict=True):
@@ -274,9 +302,11 @@ class ImageTextDataModule(pl.LightningDataModule):
                 f"training samples of `train`={self.train!r} has any under "
                 f"`concepts_key`={self.concepts_key!r}."
             )
-        if self.cabs_targets is not None:
-            check_length(self.cabs_targets, "cabs_targets", len(names), "concept of the vocabulary")
-        if self.train_kind == "manifest" and not os.path.isfile(images[0]):
+        if self.cabs["targets"] is not None:
+            check_length(
+                self.cabs["targets"], "cabs_targets", len(names), "concept of the vocabulary"
+            )
+        if split.kind == "manifest" and not os.path.isfile(images[0]):
             raise ValueError(
                 f"{places[0]} names the image {images[0]!r}, which does not exist (relative "
                 f"paths are read from the manifest's folder)."
@@ -284,19 +314,21 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.concept_names = names
         self.num_concepts = len(names)
         self.concept_frequencies = torch.bincount(csr[0], minlength=len(names))
-        self._train_concepts = csr
-        if self.train_kind == "manifest":
-            self.train_set = ImageTextPairs(
-                images, captions, csr, self.train_transform, self.max_objects
+        split.concepts = csr
+        if split.kind == "manifest":
+            split.dataset = ImageTextPairs(
+                images, captions, csr, self.transforms["train"], self.max_objects
             )
+        split.ready = True
 
     def _setup_val(self) -> None:
-        if self.val_kind == "manifest":
-            images, captions, _, _ = read_manifest(self.val_paths[0], None, "val")
-            self.val_set = ImageTextPairs(images, captions, None, self.eval_transform)
-        elif self.val_kind == "shards":
-            self._val_sizes, _, _ = scan_shards(self.val_paths, None)
-        self._val_ready = True
+        split = self._val
+        if split.kind == "manifest":
+            images, captions, _, _ = read_manifest(split.paths[0], None, "val")
+            split.dataset = ImageTextPairs(images, captions, None, self.transforms["eval"])
+        elif split.kind == "shards":
+            split.sizes, _, _ = scan_shards(split.paths, None)
+        split.ready = True
 
     # ------------------------------------------------------------------- dataloaders
     def _world(self) -> tuple[int, int]:
@@ -314,77 +346,45 @@ class ImageTextDataModule(pl.LightningDataModule):
             ValueError: for shards so few or small that a worker's share of an epoch holds
                 not one CABS super-batch (or no sample at all).
         """
-        if self._train_concepts is None:
+        if not self._train.ready:
             self.setup("fit")
+        split = self._train
         workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         cabs = {
             "batch_size": self.batch_size,
-            "filter_ratio": self.filter_ratio,
-            "targets": self.cabs_targets,
-            "cap": self.cabs_cap,
+            "filter_ratio": self.cabs["filter_ratio"],
+            "variant": self.cabs["variant"],
+            "targets": self.cabs["targets"],
+            "cap": self.cabs["cap"],
             "seed": self.seed,
             "num_concepts": self.num_concepts,
         }
-        if self.train_kind == "manifest":
+        if split.kind == "manifest":
             if self.sampling == "iid":
-                sampler = ShuffleSampler(len(self.train_set), seed=self.seed)
+                sampler = ShuffleSampler(len(split.dataset), seed=self.seed)
                 return StatefulDataLoader(
-                    self.train_set, batch_size=self.batch_size, sampler=sampler, **workers
+                    split.dataset, batch_size=self.batch_size, sampler=sampler, **workers
                 )
-            batch_sampler = ConceptAwareBatchSampler(
-                self._train_concepts, variant=self.cabs_variant, **cabs
-            )
-            return StatefulDataLoader(self.train_set, batch_sampler=batch_sampler, **workers)
-        num_replicas, rank = self._world()
-        per_rank = max(1, self.num_workers)
-        if len(self.train_paths) % (num_replicas * per_rank):
-            rank_zero_warn(
-                f"{len(self.train_paths)} training shards are not a multiple of {num_replicas} "
-                f"ranks x {per_rank} workers: every epoch each worker reads only as many "
-                "samples as the smallest share holds, so part of the data is skipped."
-            )
-        reader = ImageTextShards(
-            self.train_paths,
-            self._train_sizes,
-            self._train_concepts,
-            shuffle=True,
-            seed=self.seed,
-            equalize=True,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        share = min(
-            sum(self._train_sizes[s] for s in shards) for shards in reader.assignment(0, per_rank)
-        )
-        cabs_sampling = self.sampling == "cabs"
-        needed = super_batch_size(self.batch_size, self.filter_ratio) if cabs_sampling else 1
-        if share < needed:
-            raise ValueError(
-                f"Each of the {num_replicas} ranks x {per_rank} workers reads only {share} "
-                f"training samples per epoch, fewer than one "
-                f"{'CABS super-batch' if cabs_sampling else 'sample'} ({needed}); use more or "
-                "larger shards, fewer workers, or a smaller `batch_size` / `filter_ratio`."
-            )
-        source: Iterable[dict[str, Any]] = reader
-        if self.sampling == "cabs":
-            source = ConceptAwareStream(reader, variant=self.cabs_variant, **cabs)
-        dataset = DecodingStream(source, self.train_transform, self.max_objects)
+            batch_sampler = ConceptAwareBatchSampler(split.concepts, **cabs)
+            return StatefulDataLoader(split.dataset, batch_sampler=batch_sampler, **workers)
+        source = _shard_stream(split, self.sampling, cabs, *self._world(), self.num_workers)
+        dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
         return StatefulDataLoader(dataset, batch_size=self.batch_size, **workers)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Retrieval pairs (``image``, ``caption``, ``index``) in order; ``[]`` if no ``val``."""
-        if not self._val_ready:
+        if not self._val.ready:
             self.setup("validate")
-        if self.val_kind is None:
+        if self._val.kind is None:
             return []
-        if self.val_kind == "manifest":
-            dataset: Dataset = self.val_set
+        if self._val.kind == "manifest":
+            dataset: Dataset = self._val.dataset
         else:
             num_replicas, rank = self._world()
             reader = ImageTextShards(
-                self.val_paths, self._val_sizes, num_replicas=num_replicas, rank=rank
+                self._val.paths, self._val.sizes, num_replicas=num_replicas, rank=rank
             )
-            dataset = DecodingStream(reader, self.eval_transform, None)
+            dataset = DecodingStream(reader, self.transforms["eval"], None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -395,3 +395,47 @@ class ImageTextDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation pairs."""
         return self.val_dataloader()
+
+
+def _shard_stream(
+    split: _Split,
+    sampling: str,
+    cabs: dict[str, Any],
+    num_replicas: int,
+    rank: int,
+    num_workers: int,
+) -> Iterable[dict[str, Any]]:
+    """Undecoded training samples of this rank from shards: the shard reader, or CABS on it.
+
+    Raises:
+        ValueError: for shards so few or small that a worker's share of an epoch holds
+            not one CABS super-batch (or no sample at all).
+    """
+    per_rank = max(1, num_workers)
+    if len(split.paths) % (num_replicas * per_rank):
+        rank_zero_warn(
+            f"{len(split.paths)} training shards are not a multiple of {num_replicas} "
+            f"ranks x {per_rank} workers: every epoch each worker reads only as many "
+            "samples as the smallest share holds, so part of the data is skipped."
+        )
+    reader = ImageTextShards(
+        split.paths,
+        split.sizes,
+        split.concepts,
+        shuffle=True,
+        seed=cabs["seed"],
+        equalize=True,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
+    share = min(sum(split.sizes[s] for s in shards) for shards in reader.assignment(0, per_rank))
+    cabs_sampling = sampling == "cabs"
+    needed = super_batch_size(cabs["batch_size"], cabs["filter_ratio"]) if cabs_sampling else 1
+    if share < needed:
+        raise ValueError(
+            f"Each of the {num_replicas} ranks x {per_rank} workers reads only {share} "
+            f"training samples per epoch, fewer than one "
+            f"{'CABS super-batch' if cabs_sampling else 'sample'} ({needed}); use more or "
+            "larger shards, fewer workers, or a smaller `batch_size` / `filter_ratio`."
+        )
+    return ConceptAwareStream(reader, **cabs) if cabs_sampling else reader

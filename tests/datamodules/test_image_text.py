@@ -250,7 +250,7 @@ def test_shards_cabs_matches_the_stream(data):
     dm = datamodule(data, SHARDS, sampling="cabs", filter_ratio=0.5)
     got = indices(dm.train_dataloader())
     reader = ImageTextShards(
-        dm.train_paths, [8, 8, 8], dm._train_concepts, shuffle=True, equalize=True
+        dm.train_paths, [8, 8, 8], dm._train.concepts, shuffle=True, equalize=True
     )
     stream = ConceptAwareStream(reader, 4, 0.5, num_concepts=dm.num_concepts)
     expected = [s["index"] for s in stream]
@@ -510,7 +510,7 @@ def test_cabs_under_ddp_spawn(data, tmp_path):
     dm.setup("fit")
     for rank in (0, 1):
         reference = ConceptAwareBatchSampler(
-            dm._train_concepts, 4, 0.5, num_concepts=dm.num_concepts, num_replicas=2, rank=rank
+            dm._train.concepts, 4, 0.5, num_concepts=dm.num_concepts, num_replicas=2, rank=rank
         )
         assert seen[rank] == list(reference)
 
