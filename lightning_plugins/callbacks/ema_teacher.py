@@ -13,39 +13,36 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 from typing_extensions import override
 
+from lightning_plugins.callbacks.averaged_tensors import AveragedTensors, select_paths
+from lightning_plugins.callbacks.ema_sharding import gather_full, is_dtensor, scatter_full
 from lightning_plugins.callbacks.teacher_view import TeacherView
-from lightning_plugins.functional.ema import ema_update_
+from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
 from lightning_plugins.functional.schedules import SCHEDULES, resolve_schedule
 
 __all__ = ["EMATeacher", "TeacherView"]
 
 _VALIDATE_WITH = ("ema", "model", "both")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+_DTYPES["float16"] = torch.float16
 # the argument each named schedule takes the callback's `decay` as
 _DECAY_ARGUMENT = {"constant": "value", "cosine": "start_value", "warmup": "decay"}
-# wrappers that strategies and torch.compile put into parameter names
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def _clean_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 class EMATeacher(Callback):
     """Keep an exponential moving average (EMA) of the trained weights, and use it as a teacher.
 
-    After every optimizer step chosen by :meth:`should_update` the average moves towards
-    the live weights, ``ema = d * ema + (1 - d) * live``, with the fused
+    After every optimizer step that :meth:`should_update` chooses (it is asked once per
+    optimizer step, also under gradient accumulation) the average moves towards the live
+    weights, ``ema = d * ema + (1 - d) * live``, with the fused
     :func:`~lightning_plugins.functional.ema_update_` (non-float buffers are copied). The
     first update copies the live weights, so a delayed start (``start_step``) averages
-    from the weights it starts at, not from the initialisation. The decay ``d`` comes from
-    ``schedule`` at ``s = step - start_step - 1`` (optimizer steps since the average
-    started, from 0):
+    from the weights it starts at, not from the initialisation. The decay ``d`` is
+    :meth:`decay_at`: the ``schedule`` at ``s = step - start_step - 1`` (optimizer steps
+    since the average started, from 0):
 
     - ``"constant"``: ``d = decay``;
     - ``"warmup"``: timm's ``1 - (1 + s / gamma) ** -power`` clamped to
@@ -61,37 +58,49 @@ class EMATeacher(Callback):
     child of the LightningModule that holds a trainable parameter (BatchNorm statistics
     of the network). Frozen parameters, losses, metrics, non-persistent buffers (constant
     masks) and the LightningModule's own buffers are not: the teacher shares them with the
-    live module. The optimizer state is never copied.
+    live module. The optimizer state is never copied. A buffer registered empty and sized
+    at the first forward is adopted at the first update after it got its size. The
+    mechanics (selection, update, swap) are :class:`AveragedTensors`'.
 
-    **Memory.** One copy of the averaged tensors, on the module's device or on ``device``
-    (``"cpu"`` keeps the accelerator free, at the cost of a transfer per update). Under DDP
-    every rank keeps its own copy and no communication happens; the averaged parameters
-    are equal on all ranks because the live ones are (buffers such as BatchNorm statistics
-    follow each rank's own, as the live ones do). Under FSDP (``FSDPStrategy`` with
-    ``use_orig_params=True``, its default, or ``ModelParallelStrategy``) every rank
-    averages its own shards of the parameters: no rank ever holds a full copy while
-    training. Checkpoints and :meth:`export` gather the full average on rank 0's CPU, as a
-    full-state-dict checkpoint of the model does. DeepSpeed is not supported.
+    **Memory and precision.** One copy of the averaged tensors, on the module's device or
+    on ``device`` (``"cpu"`` keeps the accelerator free, at the cost of a transfer per
+    update), in the weights' dtype or in ``dtype``: with low-precision weights
+    (``precision="bf16-true"``) ``dtype="float32"`` keeps the average in float32, since a
+    bf16 average with decay 0.999 cannot move by ``0.001 * (live - ema)`` for most entries.
+    Under DDP every rank keeps its own copy and no communication happens; the averaged
+    parameters are equal on all ranks because the live ones are, and each rank averages
+    the buffers that its own module holds after its steps (validation never writes into
+    the average: DDP's broadcast of rank 0's buffers at a forward stays in the module).
+    Under FSDP (``FSDPStrategy`` with ``use_orig_params=True``, its default, or
+    ``ModelParallelStrategy``) every rank averages its own shards of the parameters: no
+    rank ever holds a full copy while training. Checkpoints and :meth:`export` gather the
+    full average on rank 0's CPU (:mod:`~lightning_plugins.callbacks.ema_sharding`), as a
+    full-state-dict checkpoint of the model does. DeepSpeed is not supported, nor
+    ``dtype`` under a sharded strategy.
 
-    **The teacher.** At the start of fitting the module gets an attribute ``name``
-    (default ``pl_module.teacher``, DESIGN.md contract 4): a :class:`TeacherView` that
-    runs the module's ``forward`` and methods (``self.teacher.encode_image(x)``) with the
-    averaged tensors in place of the live ones, in eval mode and without autograd. It is
-    not a second copy of the network (``torch.func.functional_call``). Until the first
-    update it runs the live weights. Under sharded strategies it cannot run (the shards
-    are gathered by the strategy's own forward); validation and export still work.
+    **The teacher.** The module gets an attribute ``name`` (default ``pl_module.teacher``,
+    DESIGN.md contract 4): a :class:`TeacherView` that runs the module's ``forward`` and
+    methods (``self.teacher.encode_image(x)``) with the averaged tensors in place of the
+    live ones, in eval mode and without autograd. It is not a second copy of the network
+    (``torch.func.functional_call``). Until the first update it runs the live weights.
+    Under sharded strategies it cannot run (the shards are gathered by the strategy's own
+    forward); validation and export still work.
 
-    **Validation.** ``validate_with="ema"`` validates the averaged weights: they are
-    swapped into the module for the validation loop and swapped back, bitwise exactly,
-    when it ends. Until the average has been updated once (a delayed start) the live
-    weights are validated, never a copy that was not updated. ``"model"`` validates the
-    live weights. ``"both"`` validates the live weights as usual and, before them, the
-    averaged ones by calling the module's ``on_validation_epoch_start``,
-    ``validation_step`` and ``on_validation_epoch_end`` on the same validation batches,
-    with every logged name suffixed by ``"_" + name`` (``val/loss_teacher``); it doubles
-    the validation time. A validation loader with ``persistent_workers`` (whose one
-    iterator the validation loop holds) is read through a fresh loader over the same
-    dataset, batch sampler and collate function for the averaged weights.
+    **Validation, test, predict.** ``validate_with="ema"`` validates the averaged weights:
+    they are swapped into the module for the validation loop and swapped back, bitwise
+    exactly, when it ends. Until the average has been updated once (a delayed start) the
+    live weights are validated, never a copy that was not updated. ``"model"`` validates
+    the live weights. ``"both"`` validates the live weights as usual and, before them in
+    each validation run (not the sanity check), the averaged ones: the module's
+    ``on_validation_epoch_start``, then for every batch of the same validation loaders
+    (moved by ``trainer.strategy.batch_to_device``) ``trainer.strategy.validation_step`` —
+    the strategy's precision context (autocast of ``"bf16-mixed"``) and forward
+    redirection (DDP, FSDP) included — and ``on_validation_epoch_end``, with every name
+    the module logs meanwhile suffixed by ``"_" + name`` (``val/loss_teacher``); it doubles
+    the validation time. ``trainer.test`` and ``trainer.predict`` use the average unless
+    ``validate_with="model"``. So do ``trainer.validate``, ``test`` and ``predict`` in a
+    new Trainer with ``ckpt_path``: the average comes from the checkpoint's callback
+    state (Lightning issue #20545).
 
     **Checkpoints.** The module's ``state_dict`` in a checkpoint always holds the live
     weights, also for a checkpoint written during validation while the average is swapped
@@ -102,6 +111,11 @@ class EMATeacher(Callback):
     ``torch.load(weights_only=True)``, and a resumed run continues exactly. Several
     instances (say two decays) coexist when their ``name`` differs. :meth:`export` writes
     the averaged weights as a plain state dict of the module.
+
+    The callback has more than 15 attributes because it keeps its ten arguments as given
+    (LightningCLI and ``state_key`` read them) besides its state: the average, the
+    counters, the resolved schedule, a checkpoint's state waiting for the module, and the
+    Trainer.
 
     Args:
         decay: the decay, in ``[0, 1)``: of ``"constant"``, the largest of ``"warmup"``,
@@ -117,14 +131,18 @@ class EMATeacher(Callback):
         validate_with: ``"ema"``, ``"model"`` or ``"both"`` (see above).
         name: the module attribute that exposes the teacher; part of :attr:`state_key`
             and of the suffix of ``"both"``.
+        dtype: ``"float32"``, ``"float64"``, ``"bfloat16"``, ``"float16"`` (or the torch
+            dtype) of the averaged floating-point tensors; ``None``: the weights' own.
 
     Raises:
+        TypeError: for an argument of the wrong type.
         ValueError: for ``decay`` outside ``[0, 1)``, an unknown schedule, a schedule
             argument the schedule does not take or that ``decay`` sets, ``update_every``
-            below 1, a negative ``start_step``, an unknown device or ``validate_with``,
-            or a ``name`` that is not a public Python identifier; and when fitting starts,
-            for a module without trainable parameters, a module that already has an
-            attribute ``name``, DeepSpeed, or FSDP without ``use_orig_params``.
+            below 1, a negative ``start_step``, an unknown device, ``validate_with`` or
+            ``dtype``, or a ``name`` that is not a public Python identifier; and when
+            fitting starts, for a module without trainable parameters, a module that
+            already has an attribute ``name``, DeepSpeed, FSDP without
+            ``use_orig_params``, or ``dtype`` under a sharded strategy.
 
     Example:
         >>> ema = EMATeacher(decay=0.9999, schedule="warmup", update_every=2, start_step=3)
@@ -149,63 +167,33 @@ class EMATeacher(Callback):
         include_buffers: bool = True,
         validate_with: str = "ema",
         name: str = "teacher",
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
-            raise ValueError(f"`decay` must lie in [0, 1), got {decay!r}.")
-        schedule_kwargs = dict(schedule_kwargs or {})
-        if isinstance(schedule, str):
-            _check_schedule(schedule, schedule_kwargs)
-        elif not callable(schedule):
-            raise ValueError(
-                f"`schedule` must be one of {sorted(SCHEDULES)} or a step -> float function, "
-                f"got {schedule!r}."
-            )
-        elif schedule_kwargs:
-            raise ValueError("`schedule_kwargs` only applies to a schedule given by name.")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(
-                f"`update_every` must be an integer of at least 1, got {update_every!r}."
-            )
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"`start_step` must be a non-negative integer, got {start_step!r}.")
-        if device is not None:
-            try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError) as error:
-                raise ValueError(
-                    f"`device` must be None or a torch device such as 'cpu', got {device!r}."
-                ) from error
-        if validate_with not in _VALIDATE_WITH:
-            raise ValueError(
-                f"`validate_with` must be one of {_VALIDATE_WITH}, got {validate_with!r}."
-            )
-        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        self.decay = check_float(decay, "decay", low=0, high=1, high_open=True)
+        self.schedule_kwargs = _check_schedule(schedule, dict(schedule_kwargs or {}))
+        self.schedule = schedule
+        self.update_every = check_int(update_every, "update_every", low=1)
+        self.start_step = check_int(start_step, "start_step", low=0)
+        self.device = _check_device(device)
+        self.include_buffers = check_bool(include_buffers, "include_buffers")
+        self.validate_with = check_choice(validate_with, "validate_with", _VALIDATE_WITH)
+        if not isinstance(name, str):
+            raise TypeError(f"`name` must be a string, got {name!r} ({type(name).__name__}).")
+        if not name.isidentifier() or name.startswith("_"):
             raise ValueError(
                 f"`name` must be a Python identifier not starting with '_', got {name!r}."
             )
-        self.decay = float(decay)
-        self.schedule = schedule
-        self.schedule_kwargs = schedule_kwargs
-        self.update_every = update_every
-        self.start_step = start_step
-        self.device = device
-        self.include_buffers = bool(include_buffers)
-        self.validate_with = validate_with
         self.name = name
+        self.dtype = _check_dtype(dtype)
         self.num_updates = 0
         self.last_update_step = 0
         self._decay_at: Callable[[int], float] | None = schedule if callable(schedule) else None
-        self._module: pl.LightningModule | None = None
+        self._average: AveragedTensors | None = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's state, before the average
         self._trainer: pl.Trainer | None = None
-        self._keys: list[str] = []  # names in the module's state dict
-        self._paths: list[str] = []  # attribute paths in the (possibly wrapped) module
-        self._owners: list[tuple[nn.Module, str]] = []
-        self._ema: list[torch.Tensor] = []
-        self._pending: dict[str, Any] | None = None
+        self._asked_step = -1  # the optimizer step `should_update` was last asked about
         self._sharded = False
-        self._swapped = False
-        self._told_not_updated = False
 
     @property
     @override
@@ -216,9 +204,10 @@ class EMATeacher(Callback):
     def should_update(self, trainer: pl.Trainer, step: int) -> bool:
         """Whether to update the average after optimizer step ``step`` (1 for the first step).
 
-        Called at most once per optimizer step; the answer must be the same on every rank.
-        Default: every ``update_every``-th step after the first ``start_step`` steps.
-        Override for another policy.
+        Called once per optimizer step (on the last batch of the step under gradient
+        accumulation); the answer must be the same on every rank. Default: every
+        ``update_every``-th step after the first ``start_step`` steps. Override for
+        another policy.
         """
         return step > self.start_step and step % self.update_every == 0
 
@@ -242,12 +231,12 @@ class EMATeacher(Callback):
     @property
     def keys(self) -> list[str]:
         """The names (as in the module's ``state_dict``) of the averaged tensors."""
-        return list(self._keys)
+        return list(self._average.keys) if self._average else []
 
     @property
     def swapped_in(self) -> bool:
         """Whether the module holds the averaged weights now (during validation)."""
-        return self._swapped
+        return self._average is not None and self._average.swapped
 
     @property
     def sharded(self) -> bool:
@@ -255,53 +244,31 @@ class EMATeacher(Callback):
         return self._sharded
 
     def named_averages(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(attribute path in the module, averaged tensor)`` pairs, as stored."""
-        return zip(self._paths, self._ema, strict=True)
+        """``(attribute path in the module, averaged tensor in the live tensor's dtype)``."""
+        if self._average is None:
+            return iter(())
+        average = self._average
+        values = zip(average.paths, average.averages(), average.live(), strict=True)
+        return ((path, ema.to(live.dtype)) for path, ema, live in values)
 
-    def _live(self) -> list[torch.Tensor]:
-        return [getattr(owner, attribute) for owner, attribute in self._owners]
-
-    @torch.no_grad()
-    def _swap(self) -> None:
-        """Exchange the values of the live and the averaged tensors, bitwise exactly."""
-        for ema, live in zip(self._ema, self._live(), strict=True):
-            stash = live.detach().clone()
-            live.copy_(ema)
-            ema.copy_(stash)
-        self._swapped = not self._swapped
-
-    @contextlib.contextmanager
-    def averaged_weights(self) -> Iterator[None]:
+    def averaged_weights(self) -> contextlib.AbstractContextManager[None]:
         """Within the block the module holds the averaged weights (no-op once swapped in)."""
-        if self._swapped or not self._ema:
-            yield
-            return
-        self._swap()
-        try:
-            yield
-        finally:
-            self._swap()
-
-    def _ema_values(self) -> list[torch.Tensor]:
-        """The averaged tensors, wherever they are now (in the module while swapped in)."""
-        return self._live() if self._swapped else self._ema
+        if self._average is None:
+            return contextlib.nullcontext()
+        return self._average.swapped_in()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if not self._ema:
-            if self._pending is not None:
-                return self._pending
-            return {
-                "num_updates": self.num_updates,
-                "last_update_step": self.last_update_step,
-                "ema": {},
-            }
-        if self._sharded:
-            ema = self._gather_full()
-        elif self._swapped:
-            ema = {key: t.detach().clone() for key, t in zip(self._keys, self._live(), strict=True)}
+        if self._average is None and self._pending is not None:
+            return self._pending
+        if self._average is None:
+            ema = {}
+        elif self._sharded:
+            model = self._trainer.strategy.model
+            ema = gather_full(model, self._average.keys, self._average.swapped_in)
         else:
-            ema = dict(zip(self._keys, self._ema, strict=True))
+            values = zip(self._average.keys, self._average.averages(), strict=True)
+            ema = {key: value.detach().clone() for key, value in values}
         return {
             "num_updates": self.num_updates,
             "last_update_step": self.last_update_step,
@@ -310,104 +277,76 @@ class EMATeacher(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not self._ema:  # restored before fitting created the average: apply it then
-            self._pending = state_dict
-            self.num_updates = int(state_dict["num_updates"])
-            self.last_update_step = int(state_dict["last_update_step"])
-            return
-        self._load(state_dict)
-
-    @torch.no_grad()
-    def _load(self, state_dict: dict[str, Any]) -> None:
-        ema = state_dict["ema"]
-        if ema or state_dict["num_updates"]:
-            missing = [key for key in self._keys if key not in ema]
-            unexpected = [key for key in ema if key not in set(self._keys)]
-            if missing or unexpected:
-                raise ValueError(
-                    f"The checkpoint's `{self.state_key}` state does not match the averaged "
-                    f"tensors of the module (did the set of trainable parameters change?): "
-                    f"missing {missing[:5]}, unexpected {unexpected[:5]}."
-                )
-            if self._sharded:
-                self._scatter_full(ema)
-            else:
-                for key, tensor in zip(self._keys, self._ema_values(), strict=True):
-                    if ema[key].shape != tensor.shape:
-                        raise ValueError(
-                            f"The checkpoint's average of {key!r} has shape "
-                            f"{tuple(ema[key].shape)}, the module's {tuple(tensor.shape)}."
-                        )
-                    tensor.copy_(ema[key])
         self.num_updates = int(state_dict["num_updates"])
         self.last_update_step = int(state_dict["last_update_step"])
+        self._pending = state_dict  # applied to the average now, or once it exists
+        if self._average is not None:
+            self._apply_pending()
 
-    def _gather_full(self) -> dict[str, torch.Tensor]:
-        """The full average on rank 0's CPU (empty elsewhere); every rank must call it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        with self.averaged_weights():
-            state = get_model_state_dict(self._trainer.strategy.model, options=options)
-        keys = set(self._keys)
-        return {key: value for key, value in state.items() if key in keys}
-
-    def _scatter_full(self, ema: dict[str, torch.Tensor]) -> None:
-        """Load a full average (rank 0's is used) into every rank's shards of it."""
-        import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            set_model_state_dict,
-        )
-
-        model = self._trainer.strategy.model
-        with self.averaged_weights():  # the module's shards are the average's now
-            # a complete state dict on rank 0, sent to the shards of every rank
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            state = get_model_state_dict(model, options=options)
-            if dist.get_rank() == 0:
-                state.update(ema)
-            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-            set_model_state_dict(model, state, options=options)
+    @torch.no_grad()
+    def _apply_pending(self) -> None:
+        state, self._pending = self._pending, None
+        average, ema = self._average, state["ema"]
+        if not ema and not state["num_updates"]:
+            return
+        missing = [key for key in average.keys if key not in ema]
+        unexpected = [key for key in ema if key not in set(average.keys)]
+        if missing or unexpected:
+            raise ValueError(
+                f"The checkpoint's `{self.state_key}` state does not match the averaged "
+                f"tensors of the module (did the set of trainable parameters change?): "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        if self._sharded:
+            scatter_full(self._trainer.strategy.model, ema, average.swapped_in)
+            return
+        for index, key in enumerate(average.keys):
+            tensor = average.tensors[index]
+            if ema[key].shape != tensor.shape and tensor.numel():
+                raise ValueError(
+                    f"The checkpoint's average of {key!r} has shape {tuple(ema[key].shape)}, "
+                    f"the module's {tuple(tensor.shape)}."
+                )
+            average.tensors[index] = ema[key].to(tensor.device, tensor.dtype, copy=True)
 
     # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(trainer.strategy, DeepSpeedStrategy):
             raise ValueError("EMATeacher does not support DeepSpeed; use FSDP or DDP.")
-        self._sharded = isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy) or any(
-            _is_dtensor(p) for p in pl_module.parameters()
-        )
         self._trainer = trainer
+        self._attach(pl_module, new_run=self._pending is None)
+        if self._decay_at is None:
+            self._decay_at = self._resolve_schedule(trainer)
+
+    def _attach(self, pl_module: pl.LightningModule, new_run: bool = False) -> None:
+        """Average ``pl_module`` (unless it is already), apply a checkpoint's state, expose it."""
         current = getattr(pl_module, self.name, None)
         if current is not None and not isinstance(current, TeacherView):
             raise ValueError(
                 f"The module already has an attribute `{self.name}` ({type(current).__name__}); "
                 f"give EMATeacher another `name`."
             )
-        if self._module is not pl_module or not self._ema:
-            self._create(pl_module)
+        if self._average is None or self._average.module is not pl_module:
+            self._create(pl_module, new_run)
         if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._load(pending)
-        if self._decay_at is None:
-            self._decay_at = self._resolve_schedule(trainer)
+            self._apply_pending()
         # a plain attribute, not a submodule: the view is no nn.Module
         setattr(pl_module, self.name, TeacherView(self, pl_module))
 
-    def _create(self, pl_module: pl.LightningModule) -> None:
-        """Select the tensors to average and allocate the average (a copy of them)."""
-        if self._pending is None:  # a new module starts a new average
-            self.num_updates = 0
-            self.last_update_step = 0
-        trained_children = {
-            name
-            for name, child in pl_module.named_children()
-            if any(p.requires_grad for p in child.parameters())
-        }
-        paths = [path for path, p in pl_module.named_parameters() if p.requires_grad]
-        if not paths:
+    def _create(self, pl_module: pl.LightningModule, new_run: bool) -> None:
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        self._sharded = isinstance(strategy, FSDPStrategy | ModelParallelStrategy) or any(
+            is_dtensor(p) for p in pl_module.parameters()
+        )
+        if self._sharded and self.dtype is not None:
+            raise ValueError("EMATeacher's `dtype` is not supported under sharded strategies.")
+        paths = select_paths(pl_module, self.include_buffers)
+        if not any(p.requires_grad for p in pl_module.parameters()):
             raise ValueError(
                 f"EMATeacher found no trainable parameters in {type(pl_module).__name__}: "
                 "nothing to average (are all parameters frozen?)."
@@ -417,31 +356,12 @@ class EMATeacher(Callback):
                 "EMATeacher needs the original parameters under FSDP: use "
                 "FSDPStrategy(use_orig_params=True), its default."
             )
-        if self.include_buffers:
-            for module_path, module in pl_module.named_modules():
-                if module_path.split(".")[0] not in trained_children:
-                    continue
-                non_persistent = getattr(module, "_non_persistent_buffers_set", set())
-                for name, buffer in module.named_buffers(recurse=False):
-                    if buffer is not None and name not in non_persistent:
-                        paths.append(f"{module_path}.{name}")
-        self._module = pl_module
-        self._paths = paths
-        self._keys = [_clean_name(path) for path in paths]
-        self._owners = []
-        for path in paths:
-            owner, _, attribute = path.rpartition(".")
-            self._owners.append((pl_module.get_submodule(owner), attribute))
-        with torch.no_grad():
-            self._ema = [
-                t.detach().to(self.device, copy=True) if self.device else t.detach().clone()
-                for t in self._live()
-            ]
-        self._swapped = False
-        size = sum(_local(t).numel() * t.element_size() for t in self._ema)
+        if new_run:  # a new module starts a new average
+            self.num_updates = self.last_update_step = 0
+        self._average = AveragedTensors(pl_module, paths, self.device, self.dtype)
         rank_zero_info(
-            f"EMATeacher `{self.name}`: averaging {len(self._ema)} tensors "
-            f"({size / 2**20:.1f} MiB{' per rank' if self._sharded else ''})."
+            f"EMATeacher `{self.name}`: averaging {len(paths)} tensors "
+            f"({self._average.nbytes / 2**20:.1f} MiB{' per rank' if self._sharded else ''})."
         )
 
     def _resolve_schedule(self, trainer: pl.Trainer) -> Callable[[int], float]:
@@ -461,6 +381,10 @@ class EMATeacher(Callback):
 
     # --------------------------------------------------------------- training
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._asked_step = trainer.global_step  # restored by now when resuming
+
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -470,101 +394,101 @@ class EMATeacher(Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step
-        # once per optimizer step (several batches share one under gradient accumulation)
-        if step != self.last_update_step and self.should_update(trainer, step):
+        # once per optimizer step: the first batch end after it (under gradient
+        # accumulation the batches before the step share the previous step's number)
+        if step == self._asked_step:
+            return
+        self._asked_step = step
+        if self.should_update(trainer, step):
             self.update(step)
 
-    @torch.no_grad()
     def update(self, step: int) -> None:
         """Update the average with the live weights after optimizer step ``step``."""
-        if self._swapped:
+        if self._average is None:
+            raise RuntimeError("EMATeacher.update needs a module: it is attached at fit start.")
+        if self._average.swapped:
             raise RuntimeError("EMATeacher cannot update while the average is swapped in.")
         # the first update copies the live weights (decay 0 is an exact copy)
-        decay = self.decay_at(step) if self.num_updates else 0.0
-        ema_update_(self._ema, self._live(), decay)
+        self._average.update(self.decay_at(step) if self.num_updates else 0.0)
         self.num_updates += 1
         self.last_update_step = step
 
-    # ------------------------------------------------------------- validation
-    def _validates_ema(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        if self.validate_with == "model" or pl_module is not self._module or not self._ema:
+    # ------------------------------------------- validation, test and predict
+    def _uses_average(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Whether this evaluation runs the average (attaching one from a checkpoint)."""
+        if self.validate_with == "model":
+            return False
+        if trainer.state.fn != TrainerFn.FITTING and self._pending is not None:
+            self._attach(pl_module)  # validate/test/predict from a checkpoint
+        if self._average is None or self._average.module is not pl_module:
             return False
         if not self.updated:
-            if not self._told_not_updated and not trainer.sanity_checking:
+            if not trainer.sanity_checking:
                 rank_zero_info(
                     f"EMATeacher `{self.name}`: the average has not been updated yet "
-                    f"(start_step={self.start_step}); validating the live weights only."
+                    f"(start_step={self.start_step}); evaluating the live weights only."
                 )
-                self._told_not_updated = True
             return False
         return True
 
+    def _swap_in(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._uses_average(trainer, pl_module):
+            self._average.swap_in()
+
+    def _swap_out(self) -> None:
+        if self._average is not None:
+            self._average.swap_out()
+
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.validate_with == "ema" and self._validates_ema(trainer, pl_module):
-            self._swap()
+        if self.validate_with == "ema":
+            self._swap_in(trainer, pl_module)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (
             self.validate_with == "both"
             and not trainer.sanity_checking
-            and self._validates_ema(trainer, pl_module)
+            and self._uses_average(trainer, pl_module)
         ):
-            with self.averaged_weights():
-                self._validate_average(trainer, pl_module)
+            with self._average.swapped_in(), _suffixed_log(pl_module, f"_{self.name}"):
+                _validate(trainer, pl_module)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._swapped:
-            self._swap()
+        self._swap_out()
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_in(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_out()
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_in(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_out()
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self._swapped:
-            self._swap()
-
-    def _validate_average(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Run the module's validation on the averaged weights, logging under a suffix."""
-        loaders = trainer.val_dataloaders
-        if isinstance(loaders, dict):
-            loaders = list(loaders.values())
-        elif not isinstance(loaders, list | tuple):
-            loaders = [loaders]
-        loaders = [_second_pass(loader) for loader in loaders]
-        suffix = f"_{self.name}"
-        log = pl_module.log
-
-        @functools.wraps(log)
-        def log_with_suffix(name: str, *args: Any, **kwargs: Any) -> None:
-            log(name + suffix, *args, **kwargs)
-
-        pl_module.log = log_with_suffix  # an instance attribute, removed below
-        try:
-            pl_module.on_validation_epoch_start()
-            limits = trainer.num_val_batches
-            for index, loader in enumerate(loaders):
-                for batch_idx, batch in enumerate(loader):
-                    if batch_idx >= limits[index]:
-                        break
-                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=index)
-                    extra = (index,) if len(loaders) > 1 else ()
-                    pl_module.validation_step(batch, batch_idx, *extra)
-            pl_module.on_validation_epoch_end()
-        finally:
-            del pl_module.log
+        self._swap_out()
 
     # ----------------------------------------------------------- checkpoints
     @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if not self._swapped:
+        if not self.swapped_in:
             return
         # written while the average is swapped in (during validation): the module's
-        # state dict holds the average; put the live weights, now in our storage, back
+        # state dict holds the average; put the live weights back
         if self._sharded:
             raise RuntimeError(
                 "A checkpoint was written during validation while EMATeacher had the average "
@@ -573,7 +497,8 @@ class EMATeacher(Callback):
                 "validate_with='model'."
             )
         state = checkpoint.get("state_dict", {})
-        for path, key, live in zip(self._paths, self._keys, self._ema, strict=True):
+        average = self._average
+        for path, key, live in zip(average.paths, average.keys, average.live_values(), strict=True):
             for name in {path, key} & state.keys():
                 state[name] = live.detach().clone()
 
@@ -581,18 +506,19 @@ class EMATeacher(Callback):
     def export(self, path: str | os.PathLike) -> None:
         """Write the averaged weights as a plain state dict of the module (rank 0 writes).
 
-        The file holds the module's full ``state_dict`` with the averaged tensors in place
-        of the live ones, on the CPU; load it with
+        The file holds the module's full ``state_dict`` with the averaged tensors (in the
+        average's dtype) in place of the live ones, on the CPU; load it with
         ``module.load_state_dict(torch.load(path, weights_only=True))``. Under DDP or FSDP
         every rank must call it.
         """
-        module = self._module
-        if module is None or not self._ema:
+        average = self._average
+        if average is None:
             raise RuntimeError("EMATeacher.export needs a fitted module: call it after fitting.")
         if not self.updated:
             rank_zero_warn(
                 f"EMATeacher `{self.name}` was never updated: exporting the live weights."
             )
+        trainer = self._trainer
         if self._sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -600,12 +526,15 @@ class EMATeacher(Callback):
             )
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            with self.averaged_weights() if self.updated else contextlib.nullcontext():
-                state = get_model_state_dict(self._trainer.strategy.model, options=options)
+            with average.swapped_in() if self.updated else contextlib.nullcontext():
+                state = get_model_state_dict(trainer.strategy.model, options=options)
         else:
-            with self.averaged_weights() if self.updated else contextlib.nullcontext():
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        trainer = self._trainer
+            state = {k: v.detach().cpu().clone() for k, v in average.module.state_dict().items()}
+            live = average.live_values()
+            values = average.averages() if self.updated else live
+            for module_path, key, value in zip(average.paths, average.keys, values, strict=True):
+                for name in {module_path, key} & state.keys():
+                    state[name] = value.detach().cpu().clone()
         if trainer is None or trainer.is_global_zero:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             torch.save(state, path)
@@ -613,12 +542,57 @@ class EMATeacher(Callback):
             trainer.strategy.barrier("EMATeacher.export")
 
 
-def _second_pass(loader: Any) -> Any:
-    """A loader to iterate while the validation loop holds ``loader``'s iterator.
+@contextlib.contextmanager
+def _suffixed_log(pl_module: pl.LightningModule, suffix: str) -> Iterator[None]:
+    """Within the block every name ``pl_module`` logs gets ``suffix`` (``val/loss_teacher``).
 
-    A loader with persistent workers has a single iterator, which a second ``iter()``
-    would reset under the validation loop; the same data comes from a fresh loader with
-    the same dataset, batch sampler (or batch size), collate function and workers.
+    Lightning has no public way to rename what a module logs, so the bound ``log`` is
+    shadowed by an instance attribute for the block only, and removed afterwards.
+    """
+    log = pl_module.log
+
+    @functools.wraps(log)
+    def log_with_suffix(name: str, *args: Any, **kwargs: Any) -> None:
+        log(name + suffix, *args, **kwargs)
+
+    pl_module.log = log_with_suffix
+    try:
+        yield
+    finally:
+        del pl_module.log
+
+
+def _validate(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """One validation epoch of the module over the trainer's validation loaders.
+
+    Each step goes through the strategy (its precision context and forward redirection),
+    each batch through the precision plugin and ``strategy.batch_to_device``, as in the loop.
+    """
+    loaders = trainer.val_dataloaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, list | tuple):
+        loaders = [loaders]
+    loaders = [_fresh_if_persistent(loader) for loader in loaders]
+    pl_module.on_validation_epoch_start()
+    for index, loader in enumerate(loaders):
+        for batch_idx, batch in enumerate(loader):
+            if batch_idx >= trainer.num_val_batches[index]:
+                break
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=index)
+            extra = (index,) if len(loaders) > 1 else ()
+            trainer.strategy.validation_step(batch, batch_idx, *extra)
+    pl_module.on_validation_epoch_end()
+
+
+def _fresh_if_persistent(loader: Any) -> Any:
+    """``loader``, or, for one with persistent workers, a fresh loader over the same data.
+
+    The validation loop already holds (and has prefetched from) the single iterator of a
+    loader with persistent workers, which a second ``iter()`` would reset under it; the
+    same batches come from a fresh loader with the same dataset, batch sampler (or batch
+    size), collate function and workers.
     """
     if not (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0)):
         return loader
@@ -640,20 +614,43 @@ def _second_pass(loader: Any) -> Any:
     )
 
 
-def _is_dtensor(tensor: torch.Tensor) -> bool:
+def _check_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    if not isinstance(device, str | torch.device):
+        raise TypeError(
+            f"`device` must be None, a string or a torch.device, got {device!r} "
+            f"({type(device).__name__})."
+        )
     try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch without distributed support
-        return False
-    return isinstance(tensor, DTensor)
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` must be None or a torch device such as 'cpu', got {device!r}."
+        ) from error
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """A rank's own part of a tensor: the local shard of a DTensor."""
-    return tensor.to_local() if _is_dtensor(tensor) else tensor
+def _check_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or dtype in _DTYPES.values():
+        return dtype
+    if not isinstance(dtype, str):
+        raise TypeError(
+            f"`dtype` must be None, a dtype name or a torch floating-point dtype, got "
+            f"{dtype!r} ({type(dtype).__name__})."
+        )
+    return _DTYPES[check_choice(dtype, "dtype", tuple(_DTYPES))]
 
 
-def _check_schedule(schedule: str, schedule_kwargs: dict[str, Any]) -> None:
+def _check_schedule(schedule: Any, schedule_kwargs: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(schedule, str):
+        if not callable(schedule):
+            raise TypeError(
+                f"`schedule` must be one of {sorted(SCHEDULES)} or a step -> float function, "
+                f"got {schedule!r} ({type(schedule).__name__})."
+            )
+        if schedule_kwargs:
+            raise ValueError("`schedule_kwargs` only applies to a schedule given by name.")
+        return schedule_kwargs
     if schedule not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {sorted(SCHEDULES)}, got {schedule!r}.")
     decay_argument = _DECAY_ARGUMENT[schedule]
@@ -669,3 +666,4 @@ def _check_schedule(schedule: str, schedule_kwargs: dict[str, Any]) -> None:
             f"`schedule_kwargs` has {unknown}, which the {schedule!r} schedule does not take; "
             f"it takes {[p for p in allowed if p != decay_argument]}."
         )
+    return schedule_kwargs

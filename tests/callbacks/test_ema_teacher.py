@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -224,12 +225,213 @@ def test_delayed_start_never_validates_an_average_that_was_not_updated(tmp_path)
     assert not torch.equal(validated["net.0.weight"], recorder.live[6]["net.0.weight"])
 
 
-def test_validate_with_both_logs_the_average_under_a_suffix(tmp_path):
-    ema = EMATeacher(decay=0.5, validate_with="both")
-    _, trainer = fit(tmp_path, [ema], max_steps=4, val_check_interval=4)
-    metrics = trainer.callback_metrics
-    assert {"val_loss", "val_loss_teacher"} <= set(metrics)
-    assert metrics["val_loss"] != metrics["val_loss_teacher"]
+class FromSecondEpoch(EMATeacher):
+    """A policy on the epoch, as in the issue: update from the second epoch on."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.asked: list[int] = []
+
+    def should_update(self, trainer, step):
+        self.asked.append(step)
+        return trainer.current_epoch >= 1
+
+
+def test_should_update_is_asked_once_per_optimizer_step(tmp_path):
+    """4 batches an epoch, 2 accumulated: 2 optimizer steps an epoch, 2 updates in epoch 1."""
+    ema = FromSecondEpoch(decay=0.5)
+    recorder = Recorder()
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        callbacks=[ema, recorder],
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Tiny(), DataLoader(data(16), batch_size=4))
+    assert ema.asked == [1, 2, 3, 4]  # once per optimizer step, after it
+    assert ema.num_updates == 2 and ema.last_update_step == 4
+    # the average is the one of the weights after steps 3 and 4, not of a stale step 2
+    expected = {
+        k: 0.5 * recorder.live[3][k] + 0.5 * recorder.live[4][k]
+        if recorder.live[4][k].is_floating_point()
+        else recorder.live[4][k]
+        for k in AVERAGED
+    }
+    assert_equal(ema_state(ema), expected)
+
+
+def _evaluate(root, module, ckpt_path, callbacks, fn):
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    loader = DataLoader(data(8, seed=1), batch_size=4)
+    if fn == "predict":
+        return torch.cat(trainer.predict(module, loader, ckpt_path=ckpt_path))
+    result = getattr(trainer, fn)(module, loader, ckpt_path=ckpt_path, verbose=False)
+    return result[0]
+
+
+class Predicting(Tiny):
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
+
+@pytest.mark.parametrize("fn", ["validate", "test", "predict"])
+def test_evaluating_a_checkpoint_in_a_new_trainer_uses_its_average(tmp_path, fn):
+    """Lightning issue #20545: ``Trainer(callbacks=[EMATeacher()]).validate(model, ckpt_path)``."""
+    ema = EMATeacher(decay=0.7)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    module, _ = fit(tmp_path, [ema, checkpoints], max_steps=5, module=Predicting())
+    path = tmp_path / "ckpt" / "last.ckpt"
+    # references without a callback: the live weights, and a module holding the average
+    live = _evaluate(tmp_path, Predicting(), path, [], fn)
+    averaged = copy.deepcopy(module)
+    averaged.load_state_dict(ema_state(ema), strict=False)
+    expected = _evaluate(tmp_path, averaged, None, [], fn)
+    got = _evaluate(tmp_path, Predicting(), path, [EMATeacher(decay=0.7)], fn)
+    as_model = _evaluate(tmp_path, Predicting(), path, [EMATeacher(validate_with="model")], fn)
+    if fn == "predict":
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(as_model, live, rtol=0, atol=0)
+        assert not torch.equal(got, live)
+    else:
+        key = "val_loss"
+        assert got[key] == expected[key] and as_model[key] == live[key]
+        assert got[key] != live[key]
+
+
+class LazyStatistic(nn.Module):
+    """A buffer registered empty and sized at the first forward (a user pattern)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("mean", torch.empty(0))
+
+    def forward(self, x):
+        if self.mean.numel() == 0:
+            self.mean = torch.zeros(x.shape[1])
+        if self.training:
+            self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)
+        return self.linear(x - self.mean)
+
+
+class Lazy(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = LazyStatistic()
+
+
+def test_a_lazily_sized_buffer_is_adopted(tmp_path):
+    module = Lazy()
+    module.frozen.linear.requires_grad_(True)
+    ema = EMATeacher(decay=0.5)
+    recorder = Recorder()
+    fit(tmp_path, [ema, recorder], max_steps=3, module=module)
+    state = ema_state(ema)
+    assert state["frozen.mean"].shape == (4,)
+    expected = recorder.live[1]["frozen.mean"]
+    for step in (2, 3):
+        expected = 0.5 * expected + 0.5 * recorder.live[step]["frozen.mean"]
+    torch.testing.assert_close(state["frozen.mean"], expected, rtol=0, atol=0)
+
+
+def test_a_tensor_that_changes_shape_is_named(tmp_path):
+    module = Tiny()
+    ema = EMATeacher()
+    ema.on_fit_start(pl.Trainer(logger=False), module)
+    ema.update(1)
+    module.net[1].running_mean = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"'net.1.running_mean', whose shape changed"):
+        ema.update(2)
+
+
+def test_a_float32_average_of_bfloat16_weights_moves(tmp_path):
+    """With decay 0.999 a bf16 average cannot take 0.1 % steps; a float32 one does."""
+    results = {}
+    for dtype in (None, "float32"):
+        pl.seed_everything(0)
+        module = Tiny(batchnorm=False)
+        ema = EMATeacher(decay=0.999, dtype=dtype)
+        recorder = Recorder()
+        fit(
+            tmp_path / str(dtype),
+            [ema, recorder],
+            max_steps=20,
+            module=module,
+            precision="bf16-true",
+        )
+        results[dtype] = (module, ema, recorder)
+    module, ema, recorder = results["float32"]
+    expected = {k: v.double() for k, v in recorder.live[1].items()}
+    for step in range(2, 21):
+        expected = {
+            k: 0.999 * v + 0.001 * recorder.live[step][k].double() for k, v in expected.items()
+        }
+    for key in ("net.0.weight", "net.4.weight"):
+        average, first = ema_state(ema)[key], recorder.live[1][key]
+        assert average.dtype == torch.float32
+        torch.testing.assert_close(average.double(), expected[key], rtol=1e-6, atol=1e-6)
+        assert (average != first.float()).float().mean() > 0.8  # most entries moved
+        low, low_first = ema_state(results[None][1])[key], results[None][2].live[1][key]
+        assert low.dtype == torch.bfloat16
+        assert (low == low_first).float().mean() > 0.5  # the bf16 average mostly stays put
+    # the teacher runs in the module's dtype; export keeps the float32 average
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    assert module.teacher(x).dtype == torch.bfloat16
+    ema.export(tmp_path / "ema.pt")
+    exported = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert_equal({k: exported[k] for k in ema.keys}, ema_state(ema))
+
+
+class Autocasting(Tiny):
+    """Logs whether its validation step ran under CPU autocast."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("autocast", float(torch.is_autocast_enabled("cpu")))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_validate_with_both_is_the_ema_run_and_the_model_run_in_one(tmp_path, precision):
+    """``"both"`` logs exactly what ``"ema"`` logs, suffixed, beside what ``"model"`` logs,
+    with the strategy's precision context for both passes (autocast under bf16-mixed)."""
+    metrics = {}
+    for validate_with in ("both", "ema", "model"):
+        pl.seed_everything(0)  # the same initial weights for the three runs
+        ema = EMATeacher(decay=0.5, validate_with=validate_with)
+        _, trainer = fit(
+            tmp_path / validate_with,
+            [ema],
+            max_steps=4,
+            val_check_interval=4,
+            module=Autocasting(),
+            precision=precision,
+        )
+        metrics[validate_with] = dict(trainer.callback_metrics)
+    both = metrics["both"]
+    assert {"val_loss", "val_loss_teacher", "autocast", "autocast_teacher"} <= set(both)
+    assert not any(key.endswith("_teacher_teacher") for key in both)
+    torch.testing.assert_close(both["val_loss_teacher"], metrics["ema"]["val_loss"], rtol=0, atol=0)
+    torch.testing.assert_close(both["val_loss"], metrics["model"]["val_loss"], rtol=0, atol=0)
+    autocast = float(precision == "bf16-mixed")
+    assert both["autocast"] == both["autocast_teacher"] == autocast
+    assert both["val_loss"] != both["val_loss_teacher"]  # the average lags
 
 
 def test_validate_with_both_reads_persistent_worker_loaders_alike(tmp_path):
@@ -410,9 +612,9 @@ def test_clip_teacher(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"decay": 1.0}, r"`decay` must lie in \[0, 1\), got 1.0"),
+        ({"decay": 1.0}, r"`decay` must be a finite number in \[0, 1\), got 1.0"),
         ({"decay": -0.1}, "`decay`"),
-        ({"update_every": 0}, "`update_every` must be an integer of at least 1, got 0"),
+        ({"update_every": 0}, "`update_every` .*got 0"),
         ({"start_step": -1}, "`start_step`"),
         ({"schedule": "linear"}, r"`schedule` must be one of \['constant', 'cosine', 'warmup'\]"),
         ({"schedule": "warmup", "schedule_kwargs": {"gamma_": 1}}, "does not take"),
@@ -420,10 +622,29 @@ def test_clip_teacher(tmp_path):
         ({"validate_with": "teacher"}, r"`validate_with` must be one of \('ema', 'model'"),
         ({"device": "gpu0"}, "`device`"),
         ({"name": "my teacher"}, "`name`"),
+        ({"dtype": "float8"}, r"`dtype` must be one of \('float32'"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        EMATeacher(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decay": "0.9"}, "`decay` must be a number, got '0.9'"),
+        ({"update_every": 2.0}, "`update_every` must be an integer"),
+        ({"start_step": True}, "`start_step` must be an integer"),
+        ({"schedule": 3}, "`schedule` must be one of"),
+        ({"include_buffers": "yes"}, "`include_buffers` .*got 'yes'"),
+        ({"device": 0.5}, "`device` must be None"),
+        ({"name": 3}, "`name` must be a string"),
+        ({"dtype": 16}, "`dtype` must be None"),
+    ],
+)
+def test_arguments_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         EMATeacher(**kwargs)
 
 
@@ -469,6 +690,7 @@ def _ddp_fit(rank, world_size, port, root):
     )  # Lightning joins the process group that run_ddp started
     torch.manual_seed(0)
     ema = EMATeacher(decay=0.8, validate_with="ema")
+    recorder = Recorder()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=world_size,
@@ -476,17 +698,22 @@ def _ddp_fit(rank, world_size, port, root):
         max_steps=4,
         val_check_interval=2,
         num_sanity_val_steps=0,
-        callbacks=[ema],
+        callbacks=[ema, recorder],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
     )
-    module = Tiny(batchnorm=False)
+    module = Tiny()  # with BatchNorm: its statistics differ between the ranks
     trainer.fit(module, DataLoader(data(), batch_size=4), DataLoader(data(8, 1), batch_size=4))
     ema.export(os.path.join(root, "ema.pt"))
-    return {"ema": ema_state(ema), "live": live_state(module), "updates": ema.num_updates}
+    return {
+        "ema": ema_state(ema),
+        "live": live_state(module),
+        "updates": ema.num_updates,
+        "recorded": recorder.live,
+    }
 
 
 def fsdp2_batches():
@@ -520,7 +747,11 @@ def _fsdp2_steps(rank, world_size, root):
             dist.barrier()
 
     trainer = types.SimpleNamespace(
-        strategy=Strategy(), global_step=0, sanity_checking=False, is_global_zero=rank == 0
+        strategy=Strategy(),
+        global_step=0,
+        sanity_checking=False,
+        is_global_zero=rank == 0,
+        state=types.SimpleNamespace(fn=TrainerFn.FITTING),
     )
     ema = EMATeacher(decay=0.5)
     ema.on_fit_start(trainer, module)
@@ -531,14 +762,16 @@ def _fsdp2_steps(rank, world_size, root):
         optimizer.zero_grad()
         trainer.global_step = step
         ema.on_train_batch_end(trainer, module, None, None, step - 1)
-    live = [_local(t).clone() for t in ema._live()]
-    ema_shards = [_local(t).clone() for t in ema._ema]
+    live = [_local(t).clone() for t in ema._average.live()]
+    ema_shards = [_local(t).clone() for t in ema._average.tensors]
     state = ema.state_dict()  # the full average, on rank 0
     ema.on_validation_start(trainer, module)
     with torch.no_grad():
         validated = module(torch.ones(2, 4))
     ema.on_validation_end(trainer, module)
-    swap_exact = all(torch.equal(a, _local(b)) for a, b in zip(live, ema._live(), strict=True))
+    swap_exact = all(
+        torch.equal(a, _local(b)) for a, b in zip(live, ema._average.live(), strict=True)
+    )
     ema.export(os.path.join(root, "ema.pt"))
     # resume: every rank reads the checkpoint that rank 0 wrote
     objects = [state]
@@ -552,11 +785,15 @@ def _fsdp2_steps(rank, world_size, root):
         "state": state,
         "validated": validated,
         "swap_exact": swap_exact,
-        "shards_local": sum(_local(t).numel() for t in ema._ema) < sum(t.numel() for t in ema._ema),
+        "shards_local": sum(_local(t).numel() for t in ema._average.tensors)
+        < sum(t.numel() for t in ema._average.tensors),
         "resumed_exact": all(
-            torch.equal(a, _local(b)) for a, b in zip(ema_shards, resumed._ema, strict=True)
+            torch.equal(a, _local(b))
+            for a, b in zip(ema_shards, resumed._average.tensors, strict=True)
         ),
-        "live_kept": all(torch.equal(a, _local(b)) for a, b in zip(live, ema._live(), strict=True)),
+        "live_kept": all(
+            torch.equal(a, _local(b)) for a, b in zip(live, ema._average.live(), strict=True)
+        ),
     }
 
 
@@ -568,14 +805,30 @@ def distributed(tmp_path_factory):
 
 @pytest.mark.ddp
 def test_ddp_every_rank_keeps_the_same_average(distributed):
+    """Parameters: the same average on every rank. Buffers (BatchNorm statistics): each
+    rank's average of its own module's buffers, untouched by validating the average,
+    where DDP broadcasts rank 0's buffers at every forward."""
     results, root = distributed
     results = [r["ddp"] for r in results]
     assert [r["updates"] for r in results] == [4, 4]
-    assert_equal(results[0]["ema"], results[1]["ema"])
-    assert_equal(results[0]["live"], results[1]["live"])
-    assert not torch.equal(results[0]["ema"]["net.0.weight"], results[0]["live"]["net.0.weight"])
+    parameters = {k for k in AVERAGED if "running" not in k and "batches" not in k}
+    buffers = AVERAGED - parameters
+    for result in results:
+        expected = {k: result["recorded"][1][k] for k in AVERAGED}
+        for step in (2, 3, 4):
+            live = result["recorded"][step]
+            expected = {
+                k: 0.8 * v + 0.2 * live[k] if v.is_floating_point() else live[k]
+                for k, v in expected.items()
+            }
+        torch.testing.assert_close(result["ema"], expected, rtol=1e-6, atol=1e-7)
+    first, second = (r["ema"] for r in results)
+    assert_equal({k: first[k] for k in parameters}, {k: second[k] for k in parameters})
+    assert not torch.equal(first["net.1.running_mean"], second["net.1.running_mean"])
+    assert buffers <= first.keys()
+    assert not torch.equal(first["net.0.weight"], results[0]["live"]["net.0.weight"])
     exported = torch.load(root / "ddp" / "ema.pt", weights_only=True)
-    assert_equal({k: exported[k] for k in results[0]["ema"]}, results[0]["ema"])
+    assert_equal({k: exported[k] for k in first}, first)
 
 
 @pytest.mark.ddp
@@ -641,7 +894,7 @@ def test_fsdp_averages_local_shards_and_resumes(tmp_path):
 
     full = run(tmp_path / "full", 7)
     assert full.num_updates == 7
-    local = sum(t.numel() for t in full._ema)
+    local = sum(t.numel() for t in full._average.tensors)
     total = sum(p.numel() for p in Tiny(batchnorm=False).net.parameters())
     assert local <= total  # shards, never more than one full copy
     resumed = run(tmp_path / "resumed", 7, ckpt_path=tmp_path / "full" / "epoch=0-step=3.ckpt")

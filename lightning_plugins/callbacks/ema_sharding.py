@@ -1,0 +1,77 @@
+"""Full-state gather and scatter of an average kept as per-rank shards (FSDP, model parallel).
+
+Under a sharded strategy every rank averages only its own shards of the parameters. A
+checkpoint or an export needs the full average; these helpers assemble it on rank 0's CPU
+through the model's own full-state-dict machinery
+(``torch.distributed.checkpoint.state_dict``), with the average swapped into the model's
+shards, and send a full average back into every rank's shards when a run resumes. Every
+rank must call them (they are collectives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+__all__ = ["gather_full", "is_dtensor", "local_part", "scatter_full"]
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter sharded by ``fully_shard`` or TP)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed support
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """A rank's own part of a tensor: the local shard of a ``DTensor``, else the tensor."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def gather_full(
+    model: nn.Module, keys: Iterable[str], averaged: Callable[[], AbstractContextManager[None]]
+) -> dict[str, torch.Tensor]:
+    """The full average of ``keys`` on rank 0's CPU (empty on other ranks).
+
+    ``averaged()`` is a context within which ``model``'s shards hold the average.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    with averaged():
+        state = get_model_state_dict(model, options=options)
+    wanted = set(keys)
+    return {key: value for key, value in state.items() if key in wanted}
+
+
+def scatter_full(
+    model: nn.Module,
+    average: dict[str, torch.Tensor],
+    averaged: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+) -> None:
+    """Load a full average (rank 0's is used) into every rank's shards of it.
+
+    Within ``averaged()`` the model's shards are the average's storage, so loading a full
+    state dict into the model there writes the average.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_model_state_dict,
+    )
+
+    with averaged():
+        # a complete state dict on rank 0, sent to the shards of every rank
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)
+        if dist.get_rank() == 0:
+            state.update(average)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, state, options=options)
