@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import numbers
-from collections import Counter
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr
+from lightning_plugins.functional._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_length,
+)
+from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr, concept_lengths
 
 __all__ = [
     "CABS_VARIANTS",
+    "cabs_generator",
     "cabs_select",
     "cabs_target_counts",
     "check_cabs_arguments",
@@ -25,8 +33,6 @@ OVER_TARGET_GAIN = -0.5
 """Gain of a concept occurrence once the batch holds the concept's target count."""
 NO_CONCEPT_GAIN = -1.0
 """Gain of a sample without concepts: below any annotated sample, so it is picked last."""
-GAIN_SCALE = 2.0**32
-"""Gains are rounded to multiples of ``1 / GAIN_SCALE``: exact sums, exact ties."""
 _WINDOW = 256  # candidates in one round of the greedy
 _STALE_LIMIT = 16  # re-scorings in a row after which a round ends
 _TARGET_SUM_TOLERANCE = 1e-4
@@ -84,7 +90,8 @@ def cabs_select(
     """Indices of the ``batch_size`` samples CABS keeps from a super-batch.
 
     **FM** (frequency maximisation) keeps the samples with the most annotated objects,
-    stable in super-batch order for equal counts.
+    stable in super-batch order for equal counts. It reads only how many objects each
+    sample has, so (given per-sample lists) it does not look at, or check, the ids.
 
     **DM** (diversity maximisation) fills the batch greedily. Concept ``c`` has a target
     count ``t_c = min(targets[c] * batch_size, cap)``; with ``targets=None`` the target is
@@ -92,13 +99,19 @@ def cabs_select(
     ``f_c`` the number of super-batch samples holding ``c``, one occurrence of ``c``
     gains ``(t_c - n_c) / t_c + 1 / f_c`` while ``n_c < t_c`` and ``-0.5`` after. A
     sample's gain is the mean over its occurrences (duplicates count); a sample without
-    concepts gains ``-1`` (picked last); a sample that would take any concept past
-    ``cap`` is excluded. The best sample is picked, counts update, repeat. Equal gains
-    are ordered by a random permutation drawn from ``generator`` (never by concept id).
-    If every remaining sample is excluded, the rest of the batch is filled in that random
-    order, and caps may then be exceeded. Gains only fall as the batch fills, so a lazy
-    priority queue re-scores just the candidates that reach its top: the picks equal the
-    plain greedy's.
+    concepts gains ``-1`` (picked last); a sample that would take any concept past the
+    cap is excluded. The best sample is picked, counts update, repeat. Gains are compared
+    at a resolution of ``2**-32`` (the mean is formed from terms exact to ``2**-47``,
+    then rounded), so gains equal in exact arithmetic compare equal, and equal gains are
+    ordered by a random permutation drawn from ``generator`` (never by concept id).
+
+    **When the cap rules out every remaining sample** (long-tailed data), the cap rises
+    to the smallest value at which a remaining sample fits and the greedy goes on, so the
+    batch always holds exactly ``batch_size`` samples and the largest count of one
+    concept stays as low as the greedy can keep it (the targets stay as they were).
+
+    Gains only fall as the batch fills, so a lazy priority queue re-scores just the
+    candidates that reach its top: the picks equal the plain greedy's.
 
     Args:
         concepts: concept ids of each super-batch sample (see :data:`ConceptLists`).
@@ -106,14 +119,16 @@ def cabs_select(
         variant: ``"dm"`` or ``"fm"``.
         targets: ``[num_concepts]`` target distribution (non-negative, sums to 1), or
             ``None`` for uniform over the present concepts (DM only).
-        cap: most occurrences of one concept in the batch (DM only), ``None`` for no cap.
-        generator: random source for tie-breaking and the fill (DM only).
+        cap: most occurrences of one concept in the batch while the greedy can keep to
+            it (DM only), ``None`` for no cap.
+        generator: random source for tie-breaking (DM only).
         num_concepts: vocabulary size, to check ids; defaults to ``len(targets)``.
 
     Returns:
         ``[batch_size]`` int64 positions in the super-batch, in pick order.
 
     Raises:
+        TypeError: for a ``batch_size``, ``cap`` or ``num_concepts`` that is not an integer.
         ValueError: for an unknown variant, a batch size outside ``[1, len(super-batch)]``,
             a cap below 1, ids outside the vocabulary, or targets that are not a
             distribution.
@@ -126,28 +141,124 @@ def cabs_select(
         >>> sorted(cabs_select(concepts, 3, "dm", cap=1, generator=gen).tolist())
         [3, 4, 5]
     """
-    if variant not in CABS_VARIANTS:
-        raise ValueError(f"`variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
-    if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
-        raise ValueError(f"`cap` must be a positive integer or None, got {cap!r}.")
+    variant = check_choice(variant, "variant", CABS_VARIANTS)
+    cap = check_int(cap, "cap", low=1, optional=True)
+    num_concepts = check_int(num_concepts, "num_concepts", low=1, optional=True)
     if targets is not None:
         targets = check_cabs_targets(targets)
-        if num_concepts is not None and targets.numel() != num_concepts:
-            raise ValueError(
-                f"`targets` must have one entry per concept ({num_concepts}), got "
-                f"{targets.numel()}."
-            )
+        if num_concepts is not None:
+            check_length(targets, "targets", num_concepts, "concept")
         num_concepts = targets.numel()
-    ids, offsets = concept_csr(concepts, num_concepts)
-    num_samples = offsets.numel() - 1
-    if isinstance(batch_size, bool) or not 1 <= batch_size <= num_samples:
-        raise ValueError(
-            f"`batch_size` must be in [1, {num_samples}] (the super-batch size), got {batch_size}."
-        )
     if variant == "fm":
-        return torch.sort(offsets.diff(), descending=True, stable=True).indices[:batch_size]
-    order = torch.randperm(num_samples, generator=generator)
-    return _greedy_dm(ids, offsets, order, targets, batch_size, cap)
+        lengths = concept_lengths(concepts, num_concepts)
+        check_int(batch_size, "batch_size", low=1, high=lengths.numel())
+        return torch.sort(lengths, descending=True, stable=True).indices[:batch_size]
+    ids, offsets = concept_csr(concepts, num_concepts)
+    batch_size = check_int(batch_size, "batch_size", low=1, high=offsets.numel() - 1)
+    order = torch.randperm(offsets.numel() - 1, generator=generator)
+    state = _GreedyState(ids.numpy(), offsets.numpy(), order.numpy(), targets, batch_size, cap)
+    return torch.tensor(_greedy_dm(state, batch_size), dtype=torch.long)
+
+
+def cabs_generator(
+    seed: int, epoch: int, super_batch: int, worker: int = 0, rank: int = 0
+) -> torch.Generator:
+    """The tie-breaking random source of one super-batch, for every CABS sampler.
+
+    Seeded from a hash of ``(seed, epoch, super_batch, worker, rank)``, so nearby keys
+    give unrelated streams and no two keys share a seed by arithmetic accident.
+
+    Example:
+        >>> a, b = cabs_generator(0, 1, 2), cabs_generator(0, 1, 2)
+        >>> torch.equal(torch.randperm(5, generator=a), torch.randperm(5, generator=b))
+        True
+    """
+    key = repr((int(seed), int(epoch), int(super_batch), int(worker), int(rank))).encode()
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return torch.Generator().manual_seed(digest)
+
+
+# ---------------------------------------------------------------------------- greedy DM
+
+_TERM_BITS = 47  # occurrence gains are held as integers in units of 2**-47: exact sums
+_KEY_DIVISOR = 2.0 ** (_TERM_BITS - 32)  # a gain's key: its mean in units of 2**-32
+_NO_CONCEPT_KEY = NO_CONCEPT_GAIN * 2.0**32
+_MAX_OBJECTS = 2**15  # objects per sample that keep a sum of terms inside int64
+
+
+class _Occurrences(NamedTuple):
+    """The super-batch's concept occurrences by sample (CSR) and by concept (inverted)."""
+
+    flat: np.ndarray  # dense concept id of each occurrence, samples in order
+    starts: np.ndarray  # [num_samples + 1] CSR offsets into `flat`
+    holder: np.ndarray  # sample of each occurrence, grouped by concept, samples ascending
+    multiplicity: np.ndarray  # copies of its concept in its sample, for each of `holder`
+    concept_start: np.ndarray  # [K + 1] CSR offsets into `holder`
+    present: np.ndarray  # [K] vocabulary id of each dense id
+    frequencies: np.ndarray  # [K] samples holding each concept
+    repeated: np.ndarray  # positions in `holder` of the occurrences with multiplicity > 1
+    repeated_start: np.ndarray  # [K + 1] CSR offsets into `repeated`
+
+
+class _TermTable(NamedTuple):
+    """Gain of one occurrence of each concept at each count, written by :func:`_term_table`.
+
+    Concept ``c`` at count ``n`` reads ``values[min(start[c] + n, stop[c])]``; ``stop[c]``
+    holds the over-target gain, every entry before it is positive.
+    """
+
+    values: np.ndarray  # int64, in units of 2**-47
+    start: np.ndarray
+    stop: np.ndarray
+
+
+def _term_table(target_counts: np.ndarray, frequencies: np.ndarray) -> _TermTable:
+    """The occurrence gains of every concept at every count: the one gain formula.
+
+    ``(t_c - n) / t_c + 1 / f_c`` for the counts ``n < t_c``, then ``OVER_TARGET_GAIN``.
+    """
+    under = np.ceil(target_counts).astype(np.int64)  # counts n = 0 .. under - 1 are below t_c
+    start = np.zeros(under.size, dtype=np.int64)
+    np.cumsum(under[:-1] + 1, out=start[1:])
+    stop = start + under
+    concept = np.repeat(np.arange(under.size), under + 1)
+    count = np.arange(concept.size) - start[concept]
+    target = target_counts[concept]
+    fresh = (target - count) / np.where(count < target, target, 1.0) + 1.0 / frequencies[concept]
+    gains = np.where(count < target, fresh, OVER_TARGET_GAIN)
+    return _TermTable(np.round(gains * 2.0**_TERM_BITS).astype(np.int64), start, stop)
+
+
+def _occurrences(ids: np.ndarray, starts: np.ndarray) -> _Occurrences:
+    """Group the occurrences by concept; renumber the concepts present ``0 .. K-1``."""
+    lengths = np.diff(starts)
+    rows = np.repeat(np.arange(lengths.size), lengths)
+    by_concept = _stable_concept_order(ids)
+    concept_of = ids[by_concept]
+    holder = rows[by_concept]
+    new_concept = np.ones(ids.size, dtype=bool)
+    new_concept[1:] = concept_of[1:] != concept_of[:-1]
+    dense = np.cumsum(new_concept) - 1
+    flat = np.empty_like(ids)
+    flat[by_concept] = dense
+    new_pair = new_concept.copy()
+    new_pair[1:] |= holder[1:] != holder[:-1]
+    pair = np.cumsum(new_pair) - 1
+    multiplicity = np.bincount(pair)[pair] if ids.size else pair
+    concept_start = np.append(np.flatnonzero(new_concept), ids.size)
+    frequencies = np.bincount(dense[new_pair], minlength=concept_start.size - 1)
+    repeated = np.flatnonzero(multiplicity > 1)
+    return _Occurrences(
+        flat,
+        starts,
+        holder,
+        multiplicity,
+        concept_start,
+        concept_of[new_concept],
+        frequencies,
+        repeated,
+        np.searchsorted(repeated, concept_start),
+    )
 
 
 def _stable_concept_order(ids: np.ndarray) -> np.ndarray:
@@ -159,223 +270,200 @@ def _stable_concept_order(ids: np.ndarray) -> np.ndarray:
     return order
 
 
-def _greedy_dm(
-    ids: torch.Tensor,
-    offsets: torch.Tensor,
-    order: torch.Tensor,
-    targets: torch.Tensor | None,
-    batch_size: int,
-    cap: int | None,
-) -> torch.Tensor:
+def _keys(sums: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Gains in units of ``2**-32``, rounded (the same float steps as :meth:`_GreedyState.gain`)."""
+    return np.floor(sums.astype(np.float64) / (lengths * _KEY_DIVISOR) + 0.5)
+
+
+class _GreedyState:
+    """Counts, exact gain sums and exclusion bounds of one DM selection.
+
+    ``keys`` holds each sample's gain in units of ``2**-32`` (``-inf`` once picked),
+    computed from ``sums``, the exact integer sum of its occurrence gains. ``need`` is
+    the cap a sample needs, ``max_c (count_c + copies of c in it)``, kept exact for every
+    concept that could exceed the cap; a sample is excluded while ``need > cap``. The
+    per-pick loop runs on Python lists (``counts``, ``position`` into the term table),
+    the per-round updates on arrays.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        order: np.ndarray,
+        targets: torch.Tensor | None,
+        batch_size: int,
+        cap: int | None,
+    ) -> None:
+        self.occurrences = occ = _occurrences(ids, offsets)
+        lengths = np.diff(offsets)
+        if lengths.size and lengths.max() > _MAX_OBJECTS:
+            raise ValueError(
+                f"`concepts` holds a sample with {lengths.max()} objects; DM handles at most "
+                f"{_MAX_OBJECTS} per sample."
+            )
+        num_present = occ.present.size
+        if targets is None:  # uniform over the concepts present
+            wanted = np.full(num_present, 1.0 / max(num_present, 1))
+        else:
+            wanted = targets.numpy()[occ.present]
+        target_counts = cabs_target_counts(torch.from_numpy(wanted), batch_size, cap).numpy()
+        self.table = _term_table(target_counts, occ.frequencies)
+        self.table_list = self.table.values.tolist()
+        self.position = self.table.start.tolist()  # each concept's entry at its count
+        self.counts = [0] * num_present
+        self.max_copies = (
+            np.maximum.reduceat(occ.multiplicity, occ.concept_start[:-1]).tolist()
+            if num_present
+            else []
+        )
+        self.starts = offsets.tolist()
+        self.rank = np.empty(order.size, dtype=np.int64)
+        self.rank[order] = np.arange(order.size)
+        self.lengths = lengths
+        self.cap = self.step = np.inf if cap is None else float(cap)
+        self.need = (lengths > 0).astype(np.int64)
+        np.maximum.at(self.need, occ.holder[occ.repeated], occ.multiplicity[occ.repeated])
+        cumulative = np.zeros(ids.size + 1, dtype=np.int64)
+        # int64 may wrap in the running sum; the differences (true sums) are exact
+        np.cumsum(self.table.values[self.table.start[occ.flat]], out=cumulative[1:])
+        self.sums = cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+        self.keys = np.where(lengths > 0, _keys(self.sums, np.maximum(lengths, 1)), _NO_CONCEPT_KEY)
+
+    def window(self) -> tuple[list[tuple[float, int, int]], float]:
+        """The eligible samples with a gain of at least a threshold, as a sorted queue.
+
+        Every eligible sample outside the window has a smaller gain than the threshold.
+        An empty queue: the cap rules out every remaining sample.
+        """
+        eligible = np.flatnonzero((self.keys > -np.inf) & (self.need <= self.cap))
+        if eligible.size == 0:
+            return [], -np.inf
+        keys = self.keys[eligible]
+        keep = keys.size - min(keys.size, _WINDOW)
+        threshold = float(np.partition(keys, keep)[keep])
+        inside = eligible[keys >= threshold]
+        inside = inside[np.lexsort((self.rank[inside], -self.keys[inside]))]
+        queue = zip(
+            (-self.keys[inside]).tolist(), self.rank[inside].tolist(), inside.tolist(), strict=True
+        )
+        return list(queue), threshold  # sorted, hence a valid heap
+
+    def eligible(self, queue: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+        """The entries of a queue that the cap does not exclude now, as a heap."""
+        positions = np.fromiter((entry[2] for entry in queue), np.int64, len(queue))
+        fits = (self.need[positions] <= self.cap).tolist()
+        queue = [entry for entry, keep in zip(queue, fits, strict=True) if keep]
+        heapq.heapify(queue)
+        return queue
+
+    def raise_cap(self) -> None:
+        """Raise the cap by its first value, as often as it takes for a remaining sample to fit."""
+        lacking = float(self.need[self.keys > -np.inf].min()) - self.cap
+        self.cap += self.step * math.ceil(lacking / self.step)
+
+    def gain(self, position: int) -> float | None:
+        """The key of one sample at the current counts (as :func:`_keys`), ``None`` if excluded."""
+        if self.need.item(position) > self.cap:
+            return None
+        begin, end = self.starts[position], self.starts[position + 1]
+        if begin == end:
+            return _NO_CONCEPT_KEY
+        row = self.occurrences.flat[begin:end].tolist()
+        total = sum(map(self.table_list.__getitem__, map(self.position.__getitem__, row)))
+        return float(math.floor(total / ((end - begin) * _KEY_DIVISOR) + 0.5))
+
+    def count(self, position: int) -> list[int]:
+        """Add one sample's concepts to the counts; return them (the arrays follow in ``take``)."""
+        row = self.occurrences.flat[self.starts[position] : self.starts[position + 1]].tolist()
+        counts, entry, values = self.counts, self.position, self.table_list
+        for concept in row:
+            count = counts[concept] = counts[concept] + 1
+            if values[entry[concept]] > 0:  # under target: move to the next count's gain
+                entry[concept] += 1
+            if count + self.max_copies[concept] > self.cap:  # a holder outgrows the cap
+                self._raise_need(concept, count)
+        return row
+
+    def _raise_need(self, concept: int, count: int) -> None:
+        """Update ``need`` of the holders of ``concept`` that ``count`` takes past the cap."""
+        occ = self.occurrences
+        if count >= self.cap:  # every holder
+            span = slice(occ.concept_start[concept], occ.concept_start[concept + 1])
+        else:  # only a holder with more than one copy can
+            span = occ.repeated[occ.repeated_start[concept] : occ.repeated_start[concept + 1]]
+        holders = occ.holder[span]
+        self.need[holders] = np.maximum(self.need[holders], count + occ.multiplicity[span])
+
+    def take(self, picked: list[int], concepts: list[int]) -> None:
+        """Mark ``picked`` taken and re-score the samples holding ``concepts`` (theirs)."""
+        if not picked:
+            return
+        self.keys[picked] = -np.inf
+        if not concepts:
+            return
+        changed, increments = np.unique(np.asarray(concepts), return_counts=True)
+        after = np.fromiter(map(self.counts.__getitem__, changed.tolist()), np.int64, changed.size)
+        table = self.table
+        start, stop = table.start[changed], table.stop[changed]
+        delta = (
+            table.values[np.minimum(start + after, stop)]
+            - table.values[np.minimum(start + after - increments, stop)]
+        )
+        moved = delta != 0
+        if not moved.any():
+            return
+        changed, delta = changed[moved], delta[moved]
+        occ = self.occurrences
+        begin, end = occ.concept_start[changed], occ.concept_start[changed + 1]
+        holder = occ.holder[_ranges(begin, end)]
+        np.add.at(self.sums, holder, np.repeat(delta, end - begin))
+        holder = holder[self.keys[holder] > -np.inf]
+        self.keys[holder] = _keys(self.sums[holder], self.lengths[holder])
+
+
+def _greedy_dm(state: _GreedyState, batch_size: int) -> list[int]:
     """Greedy DM: exact picks of the plain greedy, in rounds over a window of candidates.
 
-    A round takes the window of samples whose gain is at least a threshold (a few hundred
-    of the best) and runs a lazy greedy on it: gains only fall as the batch fills, so the
-    window's queue holds upper bounds, and a popped sample whose re-computed gain is
-    unchanged is the best of the window. While that gain is at least the threshold it is
-    also better than every sample outside the window, hence exactly the plain greedy's
-    next pick (equal gains go to the lower rank in ``order``). When the window's best
-    falls below the threshold, the counts and the gains of every sample holding a changed
-    concept are updated in one vectorised step and the next round starts.
+    A round takes the window of eligible samples whose gain is at least a threshold (a
+    few hundred of the best) and runs a lazy greedy on it: gains only fall as the batch
+    fills, so the window's queue holds upper bounds, and a popped sample whose
+    re-computed gain is unchanged is the best of the window. While that gain is at least
+    the threshold it is also better than every sample outside the window, hence exactly
+    the plain greedy's next pick (equal gains go to the lower rank in the tie-break
+    order). When the window's best falls below the threshold, the gains of every sample
+    holding a changed concept are updated in one vectorised step and the next round
+    starts. When no sample is eligible, the cap rises.
     """
-    state = _GreedyState(ids.numpy(), offsets.numpy(), order.numpy())
-    if targets is None:  # uniform over the concepts present
-        present = np.full(state.present.size, 1.0 / max(state.present.size, 1))
-    else:
-        present = targets.numpy()[state.present]
-    state.start(cabs_target_counts(torch.from_numpy(present), batch_size, cap).numpy(), cap)
     picked: list[int] = []
     while len(picked) < batch_size:
         queue, threshold = state.window()
         if not queue:
-            break  # every remaining sample would break a cap
+            state.raise_cap()
+            continue
         accepted: list[int] = []
+        concepts: list[int] = []
         stale = 0  # re-scorings since the last pick
         while queue and len(picked) + len(accepted) < batch_size:
-            negative_gain, rank, position = queue[0]
-            gain = state.exact_gain(position)
-            if gain is None:  # it would break a cap now
-                heapq.heappop(queue)
-            elif -gain != negative_gain:  # a stale bound: re-queue with the true gain
-                heapq.heapreplace(queue, (-gain, rank, position))
+            negative_key, rank, position = queue[0]
+            key = state.gain(position)
+            if key is None:  # it would break the cap now, and so may more of the queue
+                queue = state.eligible(queue)
+            elif -key != negative_key:  # a stale bound: re-queue with the true gain
+                heapq.heapreplace(queue, (-key, rank, position))
                 stale += 1
                 if stale > _STALE_LIMIT and accepted:
                     break  # cheaper to re-score everything at once
-            elif gain < threshold and accepted:
+            elif key < threshold and accepted:
                 break  # a sample outside the window may be better now
             else:
                 heapq.heappop(queue)
                 accepted.append(position)
-                state.count(position)
+                concepts += state.count(position)
                 stale = 0
-        picked.extend(accepted)
-        state.take(accepted)
-    if len(picked) < batch_size:  # fill in tie-break order; caps may break
-        taken = np.zeros(state.num_samples, dtype=bool)
-        taken[picked] = True
-        rest = state.order[~taken[state.order]]
-        picked.extend(rest[: batch_size - len(picked)].tolist())
-    return torch.tensor(picked, dtype=torch.long)
-
-
-class _GreedyState:
-    """Counts, fixed-point gain sums and an inverted concept index of one DM selection.
-
-    Gains are integers (in units of ``1 / GAIN_SCALE``) held in float64, so sums are
-    exact and do not depend on the order of additions; ``-inf`` marks a sample that is
-    picked or excluded by the cap.
-    """
-
-    def __init__(self, flat: np.ndarray, starts: np.ndarray, order: np.ndarray) -> None:
-        self.starts, self.order = starts, order
-        self.num_samples = starts.size - 1
-        self.rank = np.empty(self.num_samples, dtype=np.int64)
-        self.rank[order] = np.arange(self.num_samples)
-        self.lengths = np.diff(starts)
-        self.rows = np.repeat(np.arange(self.num_samples), self.lengths)
-        # Occurrences grouped by concept, samples ascending within a concept. Concepts are
-        # renumbered 0..K-1 over those present, so no array grows with the vocabulary.
-        by_concept = _stable_concept_order(flat)
-        concept_of = flat[by_concept]
-        self.holder = self.rows[by_concept]
-        new_concept = np.ones(flat.size, dtype=bool)
-        new_concept[1:] = concept_of[1:] != concept_of[:-1]
-        self.present = concept_of[new_concept]  # vocabulary id of each dense id
-        dense = np.cumsum(new_concept) - 1
-        self.flat = np.empty_like(flat)
-        self.flat[by_concept] = dense
-        new_pair = new_concept.copy()
-        new_pair[1:] |= self.holder[1:] != self.holder[:-1]
-        pair = np.cumsum(new_pair) - 1
-        self.multiplicity = np.bincount(pair)[pair]  # copies of the concept in its sample
-        num_present = self.present.size
-        self.frequencies = np.bincount(dense[new_pair], minlength=num_present)
-        self.concept_start = np.append(np.flatnonzero(new_concept), flat.size)
-        self.max_multiplicity = (
-            np.maximum.reduceat(self.multiplicity, self.concept_start[:-1])
-            if num_present
-            else np.zeros(0, dtype=np.int64)
-        )
-        self.inv_freq = 1.0 / self.frequencies
-        self.counts = np.zeros(num_present, dtype=np.int64)
-        self.starts_list = starts.tolist()
-
-    def start(self, target_counts: np.ndarray, cap: int | None) -> None:
-        """Gains on the empty batch."""
-        self.targets = target_counts
-        self.cap = np.inf if cap is None else cap
-        concepts = np.arange(self.counts.size)
-        per_concept = self.term(concepts, self.counts)
-        terms = per_concept[self.flat]
-        self.sums = np.bincount(self.rows, weights=terms, minlength=self.num_samples)
-        self.gains = np.where(
-            self.lengths > 0, self.sums / np.maximum(self.lengths, 1), NO_CONCEPT_GAIN
-        )
-        self.gains[self.holder[self.multiplicity > self.cap]] = -np.inf
-        # Python-side mirrors for the per-sample loop: each concept's current term, and
-        # whether one more sample could take it past the cap
-        self.counts_list = self.counts.tolist()
-        self.targets_list = self.targets.tolist()
-        self.inv_list = self.inv_freq.tolist()
-        self.terms_list = per_concept.tolist()
-        self.max_copies_list = self.max_multiplicity.tolist()
-        self.near_cap_list = (self.max_multiplicity > self.cap).tolist()
-        self.concept_start_list = self.concept_start.tolist()
-        self.capped = np.zeros(self.num_samples, dtype=bool)  # a concept is at its cap
-
-    def term(self, concepts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Fixed-point gain of one occurrence of each of ``concepts`` at ``counts``."""
-        target = self.targets[concepts]
-        under = counts < target
-        fresh = (target - counts) / np.where(under, target, 1.0) + self.inv_freq[concepts]
-        return np.round(np.where(under, fresh, OVER_TARGET_GAIN) * GAIN_SCALE)
-
-    def row(self, position: int) -> list[int]:
-        """Concept ids of one sample."""
-        return self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
-
-    def window(self) -> tuple[list[tuple[float, int, int]], float]:
-        """The samples with gain at least a threshold, as a sorted queue, and the threshold.
-
-        Every sample outside the window has a smaller gain than the threshold.
-        """
-        alive = self.gains[self.gains > -np.inf]
-        if alive.size == 0:
-            return [], -np.inf
-        keep = min(alive.size, _WINDOW)
-        threshold = float(np.partition(alive, alive.size - keep)[alive.size - keep])
-        inside = np.flatnonzero(self.gains >= threshold)
-        inside = inside[np.lexsort((self.rank[inside], -self.gains[inside]))]
-        keys = zip(
-            (-self.gains[inside]).tolist(), self.rank[inside].tolist(), inside.tolist(), strict=True
-        )
-        return list(keys), threshold  # sorted, hence a valid heap
-
-    def exact_gain(self, position: int) -> float | None:
-        """The gain of one sample at the current counts, as the vectorised ``term`` gives it.
-
-        ``None`` if adding the sample would break a cap.
-        """
-        if self.capped[position]:
-            return None
-        row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
-        if not row:
-            return NO_CONCEPT_GAIN
-        if any(map(self.near_cap_list.__getitem__, row)):
-            counts = self.counts_list
-            for concept, copies in Counter(row).items():
-                if counts[concept] + copies > self.cap:
-                    return None
-        return sum(map(self.terms_list.__getitem__, row)) / len(row)
-
-    def count(self, position: int) -> None:
-        """Add one sample's concepts to the Python-side mirrors (the arrays follow in ``take``).
-
-        The term is the scalar form of :meth:`term`, with the same floating-point steps.
-        """
-        counts, targets, inv_freq = self.counts_list, self.targets_list, self.inv_list
-        row = self.flat[self.starts_list[position] : self.starts_list[position + 1]].tolist()
-        for concept in row:
-            count = counts[concept] = counts[concept] + 1
-            target = targets[concept]
-            value = (target - count) / target + inv_freq[concept] if count < target else -0.5
-            self.terms_list[concept] = round(value * GAIN_SCALE)
-            self.near_cap_list[concept] = count + self.max_copies_list[concept] > self.cap
-            if count == self.cap:  # no sample holding it fits any more
-                span = self.concept_start_list[concept], self.concept_start_list[concept + 1]
-                self.capped[self.holder[span[0] : span[1]]] = True
-
-    def take(self, picked: list[int]) -> None:
-        """Add ``picked`` to the batch and re-score the samples whose gain changes."""
-        if not picked:
-            return
-        self.gains[picked] = -np.inf
-        positions = np.asarray(picked)
-        changed = self.flat[_ranges(self.starts[positions], self.starts[positions + 1])]
-        if changed.size == 0:
-            return
-        concepts, increments = np.unique(changed, return_counts=True)
-        before = self.counts[concepts]
-        after = before + increments
-        self.counts[concepts] = after
-        terms = self.term(np.concatenate([concepts, concepts]), np.concatenate([after, before]))
-        delta = terms[: concepts.size] - terms[concepts.size :]
-        touched = (delta != 0) | (after + self.max_multiplicity[concepts] > self.cap)
-        if not touched.any():
-            return
-        concepts, delta, after = concepts[touched], delta[touched], after[touched]
-        begin, end = self.concept_start[concepts], self.concept_start[concepts + 1]
-        occurrence = _ranges(begin, end)
-        holder = self.holder[occurrence]
-        weights = np.repeat(delta, end - begin)
-        if holder.size > self.num_samples // 4:
-            self.sums += np.bincount(holder, weights=weights, minlength=self.num_samples)
-        else:
-            np.add.at(self.sums, holder, weights)
-        alive = holder[self.gains[holder] > -np.inf]
-        self.gains[alive] = self.sums[alive] / self.lengths[alive]
-        over = self.multiplicity[occurrence] + np.repeat(after, end - begin) > self.cap
-        self.gains[holder[over]] = -np.inf
+        picked += accepted
+        state.take(accepted, concepts)
+    return picked
 
 
 def _ranges(begin: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -407,6 +495,8 @@ def check_cabs_arguments(
         ``targets`` as a float64 CPU tensor, or ``None``.
 
     Raises:
+        TypeError: for a ``filter_ratio`` that is not a number or a ``cap`` that is not an
+            integer.
         ValueError: for an argument outside what is allowed, naming it and its value.
 
     Example:
@@ -417,16 +507,9 @@ def check_cabs_arguments(
         ...
         ValueError: `cabs_variant` must be one of ('dm', 'fm'), got 'xx'.
     """
-    if isinstance(filter_ratio, bool) or not isinstance(filter_ratio, numbers.Real):
-        raise ValueError(f"`filter_ratio` must be a number in [0, 1), got {filter_ratio!r}.")
-    if not 0.0 <= filter_ratio < 1.0:
-        raise ValueError(f"`filter_ratio` must be in [0, 1), got {filter_ratio!r}.")
-    if variant not in CABS_VARIANTS:
-        raise ValueError(f"`{prefix}variant` must be one of {CABS_VARIANTS}, got {variant!r}.")
-    if cap is not None and (
-        isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1
-    ):
-        raise ValueError(f"`{prefix}cap` must be a positive integer or None, got {cap!r}.")
+    check_float(filter_ratio, "filter_ratio", low=0.0, high=1.0, high_open=True)
+    check_choice(variant, f"{prefix}variant", CABS_VARIANTS)
+    check_int(cap, f"{prefix}cap", low=1, optional=True)
     if targets is None:
         return None
     return check_cabs_targets(torch.as_tensor(targets), f"{prefix}targets")

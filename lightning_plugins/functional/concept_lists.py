@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import array
+import itertools
 from collections.abc import Sequence
 from typing import TypeAlias
 
 import torch
 
-__all__ = ["ConceptLists", "concept_csr", "concept_frequencies", "concept_rows"]
+from lightning_plugins.functional._checks import check_int
+
+__all__ = [
+    "ConceptLists",
+    "concept_csr",
+    "concept_frequencies",
+    "concept_lengths",
+    "concept_rows",
+]
 
 ConceptLists: TypeAlias = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[Sequence[int]]
 """Concept ids per sample, one entry per annotated object (duplicates encode multiplicity).
@@ -33,6 +43,7 @@ def concept_csr(
         ``ids`` (``[total_objects]``) and ``offsets`` (``[num_samples + 1]``).
 
     Raises:
+        TypeError: for an id that is not an integer (per-sample lists).
         ValueError: for a malformed tensor, offsets that are not a valid partition of
             ``ids``, or an id outside the vocabulary (padding other than ``-1`` included).
 
@@ -43,18 +54,44 @@ def concept_csr(
         >>> concept_csr([[3, 3], [], [0, 5, 1]])[1].tolist()
         [0, 2, 2, 5]
     """
+    num_concepts = check_int(num_concepts, "num_concepts", low=0, optional=True)
     if isinstance(concepts, torch.Tensor):
         ids, offsets = _from_padded(concepts, name)
-    elif isinstance(concepts, tuple) and isinstance(concepts[0], torch.Tensor):
+    elif _is_csr(concepts):
         ids, offsets = _from_csr(concepts[0], torch.as_tensor(concepts[1]), name)
     else:
-        lengths = [len(row) for row in concepts]
-        flat = [int(c) for row in concepts for c in row]
-        ids = torch.tensor(flat, dtype=torch.long)
-        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-        offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+        try:  # array("q") takes ints and integer scalars, refuses floats and strings
+            flat = array.array("q", itertools.chain.from_iterable(concepts))
+        except TypeError as err:
+            raise TypeError(f"`{name}` must hold integer concept ids: {err}.") from None
+        ids = torch.frombuffer(flat, dtype=torch.long) if flat else torch.zeros(0, dtype=torch.long)
+        offsets = torch.zeros(len(concepts) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor([len(row) for row in concepts], dtype=torch.long).cumsum(0)
     _check_vocabulary(ids, num_concepts, name)
     return ids, offsets
+
+
+def concept_lengths(
+    concepts: ConceptLists, num_concepts: int | None = None, name: str = "concepts"
+) -> torch.Tensor:
+    """Number of objects of each sample (``[num_samples]`` int64).
+
+    Per-sample lists are only measured, not read (so their ids are not checked); the
+    tensor forms are checked as in :func:`concept_csr`.
+
+    Example:
+        >>> concept_lengths([[3, 3], [], [0, 5, 1]]).tolist()
+        [2, 0, 3]
+    """
+    if isinstance(concepts, torch.Tensor) or _is_csr(concepts):
+        return concept_csr(concepts, num_concepts, name)[1].diff()
+    return torch.tensor([len(row) for row in concepts], dtype=torch.long)
+
+
+def _is_csr(concepts: ConceptLists) -> bool:
+    return (
+        isinstance(concepts, tuple) and len(concepts) == 2 and isinstance(concepts[0], torch.Tensor)
+    )
 
 
 def concept_frequencies(

@@ -9,7 +9,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
 
+from lightning_plugins.functional._checks import check_int, check_length
 from lightning_plugins.functional.cabs_select import (
+    cabs_generator,
     cabs_select,
     check_cabs_arguments,
     check_cabs_targets,
@@ -18,8 +20,6 @@ from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 
 __all__ = ["ConceptAwareBatchSampler", "super_batch_size"]
-
-_SEED_MIX = 1_000_003  # combines (seed, epoch, step, rank) into one generator seed
 
 
 def super_batch_size(batch_size: int, filter_ratio: float) -> int:
@@ -36,7 +36,7 @@ class ConceptAwareBatchSampler(BatchSampler):
     """Batches chosen by CABS from super-batches, using concept annotations only.
 
     Each step, every rank takes its share of a global super-batch of
-    ``num_replicas * super_batch`` candidates (``super_batch = batch_size / (1 -
+    ``num_replicas * super_batch_size`` candidates (``super_batch_size = batch_size / (1 -
     filter_ratio)``) and keeps ``batch_size`` of them with
     :func:`~lightning_plugins.functional.cabs_select`. The choice reads the annotations
     held here, so the DataLoader loads and decodes only the chosen samples. The
@@ -48,6 +48,8 @@ class ConceptAwareBatchSampler(BatchSampler):
     *global* super-batch: uniform over the concepts present in it (or the user's
     ``targets``), the same on every rank without any communication. Each rank selects
     from its own candidates with the per-rank ``cap``, as the reference does per GPU.
+    DM breaks ties with :func:`~lightning_plugins.functional.cabs_select.cabs_generator` keyed by
+    ``(seed, epoch, step, 0, rank)``, the scheme :class:`ConceptAwareStream` uses.
 
     Lightning needs no extra flag: create the sampler in ``train_dataloader`` and, under
     DDP, Lightning hands it a ``DistributedSampler`` as ``sampler``, from which it takes
@@ -77,6 +79,9 @@ class ConceptAwareBatchSampler(BatchSampler):
         rank: this rank, in ``[0, num_replicas)``.
 
     Raises:
+        TypeError: for a ``batch_size``, ``cap``, ``seed``, ``num_concepts``,
+            ``num_replicas`` or ``rank`` that is not an integer, or a ``filter_ratio``
+            that is not a number.
         ValueError: for a bad ``batch_size``, ``filter_ratio``, ``variant``, ``cap``,
             ``targets``, an id outside the vocabulary, a super-batch larger than the
             dataset, or an inconsistent ``num_replicas`` / ``rank``.
@@ -108,15 +113,15 @@ class ConceptAwareBatchSampler(BatchSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        batch_size = check_int(batch_size, "batch_size", low=1)
         targets = check_cabs_arguments(filter_ratio, variant, cap, targets)
+        seed = check_int(seed, "seed")
+        num_concepts = check_int(num_concepts, "num_concepts", low=1, optional=True)
+        num_replicas = check_int(num_replicas, "num_replicas", low=1, optional=True)
+        rank = check_int(rank, "rank", low=0, optional=True)
         if targets is not None:
-            if num_concepts is not None and targets.numel() != num_concepts:
-                raise ValueError(
-                    f"`targets` must have one entry per concept ({num_concepts}), got "
-                    f"{targets.numel()}."
-                )
+            if num_concepts is not None:
+                check_length(targets, "targets", num_concepts, "concept")
             num_concepts = targets.numel()
         self.ids, self.offsets = concept_csr(concepts, num_concepts)
         self.num_samples = self.offsets.numel() - 1
@@ -127,11 +132,11 @@ class ConceptAwareBatchSampler(BatchSampler):
         )
         self.batch_size = batch_size
         self.filter_ratio = float(filter_ratio)
-        self.super_batch = super_batch_size(batch_size, self.filter_ratio)
-        if self.super_batch > self.num_samples:
+        self.super_batch_size = super_batch_size(batch_size, self.filter_ratio)
+        if self.super_batch_size > self.num_samples:
             raise ValueError(
                 f"`batch_size` {batch_size} at `filter_ratio` {filter_ratio} needs super-batches "
-                f"of {self.super_batch} candidates, more than the {self.num_samples} samples "
+                f"of {self.super_batch_size} candidates, more than the {self.num_samples} samples "
                 "of the dataset; lower one of them."
             )
         self.variant = variant
@@ -169,16 +174,12 @@ class ConceptAwareBatchSampler(BatchSampler):
         """Steer DM towards ``targets`` (a distribution over concepts) from the next batch."""
         if targets is not None:
             targets = check_cabs_targets(torch.as_tensor(targets))
-            if targets.numel() != self.num_concepts:
-                raise ValueError(
-                    f"`targets` must have one entry per concept ({self.num_concepts}), got "
-                    f"{targets.numel()}."
-                )
+            check_length(targets, "targets", self.num_concepts, "concept")
         self.targets = targets
 
     def __len__(self) -> int:
         num_replicas, _ = self.world()
-        return self.num_samples // (num_replicas * self.super_batch)
+        return self.num_samples // (num_replicas * self.super_batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         num_replicas, rank = self.world()
@@ -194,7 +195,7 @@ class ConceptAwareBatchSampler(BatchSampler):
     def _batches(
         self, order: torch.Tensor, skip: int, epoch: int, num_replicas: int, rank: int
     ) -> Iterator[list[int]]:
-        global_size = num_replicas * self.super_batch
+        global_size = num_replicas * self.super_batch_size
         for step in range(skip, len(self)):
             candidates = order[step * global_size : (step + 1) * global_size]
             batch = self._select(candidates, step, epoch, rank)
@@ -220,15 +221,15 @@ class ConceptAwareBatchSampler(BatchSampler):
 
     def _select(self, candidates: torch.Tensor, step: int, epoch: int, rank: int) -> list[int]:
         """This rank's batch from the global super-batch ``candidates``."""
-        local = candidates[rank * self.super_batch : (rank + 1) * self.super_batch]
-        seed = ((self.seed * _SEED_MIX + epoch) * _SEED_MIX + step) * _SEED_MIX + rank
+        size = self.super_batch_size
+        local = candidates[rank * size : (rank + 1) * size]
         chosen = cabs_select(
             concept_rows(self.ids, self.offsets, local),
             self.batch_size,
             self.variant,
             targets=self.step_targets(candidates),
             cap=self.cap,
-            generator=torch.Generator().manual_seed(seed % (2**63)),
+            generator=cabs_generator(self.seed, epoch, step, 0, rank),
             num_concepts=self.num_concepts,
         )
         return local[chosen].tolist()
@@ -236,7 +237,7 @@ class ConceptAwareBatchSampler(BatchSampler):
     def candidates(self, step: int) -> torch.Tensor:
         """Dataset indices of the global super-batch of ``step`` in the current epoch."""
         num_replicas, _ = self.world()
-        global_size = num_replicas * self.super_batch
+        global_size = num_replicas * self.super_batch_size
         return self._order(self.epoch)[step * global_size : (step + 1) * global_size]
 
     def _order(self, epoch: int) -> torch.Tensor:
@@ -249,9 +250,9 @@ class ConceptAwareBatchSampler(BatchSampler):
                 f"`rank` must be in [0, num_replicas), got rank {rank} and num_replicas "
                 f"{num_replicas}."
             )
-        if self.num_samples < num_replicas * self.super_batch:
+        if self.num_samples < num_replicas * self.super_batch_size:
             raise ValueError(
-                f"{num_replicas} ranks x {self.super_batch} candidates per super-batch need "
+                f"{num_replicas} ranks x {self.super_batch_size} candidates per super-batch need "
                 f"more than the {self.num_samples} samples of the dataset; lower `batch_size` "
                 "or `filter_ratio`."
             )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,7 +11,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_plugins.distributed import get_rank
+from lightning_plugins.functional._checks import check_int, check_length
 from lightning_plugins.functional.cabs_select import (
+    cabs_generator,
     cabs_select,
     check_cabs_arguments,
     check_cabs_targets,
@@ -51,8 +51,10 @@ class ConceptAwareStream(IterableDataset[Sample]):
     DataLoader's** ``batch_size`` **equals the stream's**. Equal numbers of batches on
     every rank need equally long shards (e.g. webdataset's ``with_epoch``).
 
-    **Determinism.** Tie-breaking and the DM fill of super-batch ``j`` draw from
-    :meth:`generator`, seeded from ``(seed, epoch, j, worker id, rank)``. The rank is
+    **Determinism.** DM's tie-breaking for super-batch ``j`` draws from
+    :meth:`generator`: :func:`~lightning_plugins.functional.cabs_select.cabs_generator` keyed by
+    ``(seed, epoch, j, worker id, rank)``, the scheme :class:`ConceptAwareBatchSampler`
+    uses. The rank is
     read from ``torch.distributed`` at construction, in :meth:`set_epoch` and when
     iteration starts in the main process. Lightning calls ``set_epoch`` on samplers
     only, so call :meth:`set_epoch` on the stream yourself (e.g. from the datamodule or
@@ -87,10 +89,11 @@ class ConceptAwareStream(IterableDataset[Sample]):
 
     Raises:
         ValueError: for a ``batch_size`` below 1, a ``filter_ratio`` outside ``[0, 1)``,
-            an unknown ``variant``, a ``cap`` below 1, a ``seed`` that is not an integer,
-            a ``num_concepts`` below 1, or ``targets`` that are not a distribution or do
-            not match ``num_concepts``.
-        TypeError: for a ``source`` that is not iterable.
+            an unknown ``variant``, a ``cap`` below 1, a ``num_concepts`` below 1, or
+            ``targets`` that are not a distribution or do not match ``num_concepts``.
+        TypeError: for a ``source`` that is not iterable, a ``batch_size``, ``cap``,
+            ``seed`` or ``num_concepts`` that is not an integer, or a ``filter_ratio``
+            that is not a number.
 
     Example:
         >>> source = [{"index": i, "concepts": [i % 3] * (i % 4)} for i in range(10)]
@@ -123,23 +126,15 @@ class ConceptAwareStream(IterableDataset[Sample]):
             raise TypeError(
                 f"`source` must be an iterable of sample dicts, got {type(source).__name__}."
             )
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+        self.batch_size = check_int(batch_size, "batch_size", low=1)
         check_cabs_arguments(filter_ratio, variant, cap)  # targets: in set_targets
-        if not _is_int(seed):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-        if num_concepts is not None and (not _is_int(num_concepts) or num_concepts < 1):
-            raise ValueError(
-                f"`num_concepts` must be an integer >= 1 or None, got {num_concepts!r}."
-            )
+        self.seed = check_int(seed, "seed")
+        self.num_concepts = check_int(num_concepts, "num_concepts", low=1, optional=True)
         self.source = source
-        self.batch_size = int(batch_size)
         self.filter_ratio = float(filter_ratio)
         self.super_batch_size = super_batch_size(self.batch_size, self.filter_ratio)
         self.variant = variant
         self.cap = None if cap is None else int(cap)
-        self.seed = int(seed)
-        self.num_concepts = None if num_concepts is None else int(num_concepts)
         self.concepts_key = concepts_key
         self.targets: torch.Tensor | None = None
         self.set_targets(targets)
@@ -176,21 +171,13 @@ class ConceptAwareStream(IterableDataset[Sample]):
         """
         if targets is not None:
             targets = check_cabs_targets(torch.as_tensor(targets))
-            if self.num_concepts is not None and targets.numel() != self.num_concepts:
-                raise ValueError(
-                    f"`targets` must have one entry per concept (num_concepts="
-                    f"{self.num_concepts}), got {targets.numel()} entries."
-                )
+            if self.num_concepts is not None:
+                check_length(targets, "targets", self.num_concepts, "concept")
         self.targets = targets
 
     def generator(self, super_batch: int, worker: int = 0, rank: int = 0) -> torch.Generator:
-        """The random source of super-batch ``super_batch`` in this epoch, worker and rank.
-
-        Seeded from a hash of ``(seed, epoch, super_batch, worker, rank)``.
-        """
-        key = repr((self.seed, self.epoch, int(super_batch), int(worker), int(rank))).encode()
-        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        return torch.Generator().manual_seed(seed)
+        """The random source of super-batch ``super_batch`` in this epoch, worker and rank."""
+        return cabs_generator(self.seed, self.epoch, super_batch, worker, rank)
 
     def select(self, concepts: list[list[int]], generator: torch.Generator) -> torch.Tensor:
         """Positions of the ``batch_size`` samples kept from one super-batch, in pick order.
@@ -311,7 +298,3 @@ class ConceptAwareStream(IterableDataset[Sample]):
             "yielded": int(state_dict["yielded"]),
             "source": copy.deepcopy(state_dict.get("source")),
         }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -361,7 +361,7 @@ def test_model_name_sets_image_size(data):
         ({"train": "shards/{00000..00005}.tar"}, r"shard .*00003.tar.* does not exist"),
         ({"val": "nope.csv"}, r"`val`=.*does not exist"),
         ({"sampling": "random"}, r"`sampling` must be one of \('iid', 'cabs'\), got 'random'"),
-        ({"filter_ratio": 1.0}, r"`filter_ratio` must be in \[0, 1\), got 1.0"),
+        ({"filter_ratio": 1.0}, r"`filter_ratio` must be a finite number in \[0, 1\), got 1.0"),
         ({"cabs_variant": "xx"}, r"`cabs_variant` must be one of"),
         ({"cabs_cap": 0}, r"`cabs_cap` must be a positive integer"),
         ({"batch_size": 0}, r"`batch_size` must be a positive integer, got 0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 import torch
@@ -13,7 +14,12 @@ from lightning_plugins.functional.concept_lists import concept_csr
 
 
 def reference_dm(rows, batch_size, targets, cap, order):
-    """The plain greedy of REFERENCES.md: re-score every candidate after every pick."""
+    """The plain greedy of cabs_select's docstring, in exact arithmetic.
+
+    Re-score every candidate after every pick (gain: the exact mean of the occurrence
+    terms, compared at a resolution of 2**-32; ties to the earlier sample in ``order``);
+    when the cap rules out every remaining sample, raise it by its first value.
+    """
     vocabulary = (
         len(targets) if targets is not None else 1 + max((max(r) for r in rows if r), default=0)
     )
@@ -21,34 +27,35 @@ def reference_dm(rows, batch_size, targets, cap, order):
     if targets is None:
         present = sum(f > 0 for f in freq)
         targets = [(1.0 if f > 0 else 0.0) / max(present, 1) for f in freq]
+    # the targets in float64, as cabs_target_counts computes them; the rest exactly
     wanted = [t * batch_size if cap is None else min(t * batch_size, float(cap)) for t in targets]
+    wanted = [Fraction(t) for t in wanted]
     rank = {sample: position for position, sample in enumerate(order)}
     counts = [0] * vocabulary
 
     def gain(sample):
         row = rows[sample]
         if not row:
-            return -1.0
+            return -(2**32)
         if cap is not None and any(counts[c] + m > cap for c, m in Counter(row).items()):
             return None
-        total = 0
+        total = Fraction(0)
         for c in row:
             n, t = counts[c], wanted[c]
-            term = (t - n) / t + 1.0 / max(freq[c], 1) if n < t else -0.5
-            total += round(term * 2.0**32)
-        return float(total) / len(row)
+            total += (t - n) / t + Fraction(1, freq[c]) if n < t else Fraction(-1, 2)
+        return round(total / len(row) * 2**32)
 
-    picked, available = [], set(range(len(rows)))
+    picked, available, step = [], set(range(len(rows))), cap
     while len(picked) < batch_size:
         scored = [(g, s) for s in available if (g := gain(s)) is not None]
         if not scored:
-            break
+            cap += step
+            continue
         _, best = max(scored, key=lambda gs: (gs[0], -rank[gs[1]]))
         picked.append(best)
         available.remove(best)
         for c in rows[best]:
             counts[c] += 1
-    picked += [s for s in order if s not in picked][: batch_size - len(picked)]
     return picked
 
 
@@ -133,11 +140,32 @@ def test_caps_respected_and_size_exact(seed):
     assert max(counts.values()) <= cap
 
 
-def test_cap_breaks_only_when_the_greedy_runs_dry():
+def test_cap_rises_only_when_it_rules_out_every_sample():
     rows = [[0, 0]] * 6  # every sample holds concept 0 twice
     chosen = cabs_select(rows, 3, "dm", cap=2, generator=torch.Generator().manual_seed(0))
-    counts = Counter(c for i in chosen.tolist() for c in rows[i])
-    assert chosen.numel() == 3 and counts[0] == 6  # 1 greedy pick, then the random fill
+    assert chosen.numel() == 3 == len(set(chosen.tolist()))  # always a full batch
+    rows = [[0]] * 20 + [[1]] * 20
+    for seed in range(5):
+        chosen = cabs_select(rows, 11, "dm", cap=2, generator=torch.Generator().manual_seed(seed))
+        counts = Counter(rows[i][0] for i in chosen.tolist())
+        # caps 2, 4, then 6: the greedy goes on under a raised cap, not in random order
+        assert min(counts.values()) >= 5 and max(counts.values()) <= 6
+
+
+def test_exact_ties_follow_the_permutation():
+    # x holds concepts held by 2, 3 and 6 samples, y one held by 3: with targets below one
+    # both gain exactly 4/3 = ((1 + 1/2) + (1 + 1/3) + (1 + 1/6)) / 3; every filler
+    # [concept, 11] gains less
+    x, y = [0, 1, 2], [3]
+    fillers = [[c, 11] for c, n in ((0, 1), (1, 2), (2, 5), (3, 2)) for _ in range(n)]
+    rows = [x, y, *fillers]
+    firsts = set()
+    for seed in range(12):
+        chosen = cabs_select(rows, 1, "dm", generator=torch.Generator().manual_seed(seed))
+        order = tie_order(seed, len(rows))
+        assert chosen.tolist() == [min(0, 1, key=order.index)]
+        firsts.add(chosen.item())
+    assert firsts == {0, 1}
 
 
 def test_targets_honoured_when_feasible():
@@ -182,10 +210,12 @@ def test_ties_follow_the_generator_not_concept_ids():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 11}, "`batch_size` must be in \\[1, 10\\]"),
-        ({"batch_size": 0}, "`batch_size` must be in \\[1, 10\\]"),
+        ({"batch_size": 11}, "`batch_size` must be an integer in \\[1, 10\\], got 11"),
+        ({"batch_size": 0}, "`batch_size` must be an integer in \\[1, 10\\]"),
         ({"variant": "xx"}, "`variant` must be one of"),
-        ({"cap": 0}, "`cap` must be a positive integer or None"),
+        ({"cap": 0}, "`cap` must be a.*, got 0"),
+        ({"num_concepts": 0}, "`num_concepts` must be a.*, got 0"),
+        ({"targets": torch.tensor([0.5, 0.5]), "num_concepts": 5}, "one entry per concept \\(5\\)"),
         ({"targets": torch.tensor([0.5, 0.4, 0.0, 0.0, 0.0])}, "must sum to 1"),
         ({"targets": torch.tensor([1.5, -0.5, 0.0, 0.0, 0.0])}, "finite and non-negative"),
         ({"targets": torch.tensor([0.5, 0.5])}, "holds concept id 4; ids must be in \\[0, 2\\)"),
@@ -197,6 +227,30 @@ def test_bad_input(kwargs, message):
     arguments = {"batch_size": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
         cabs_select(rows, **arguments)
+
+
+@pytest.mark.parametrize("variant", ["dm", "fm"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 1.5},
+        {"batch_size": True},
+        {"cap": 2.5},
+        {"cap": True},
+        {"num_concepts": "5"},
+    ],
+)
+def test_wrong_types(variant, kwargs):
+    rows = [[i % 5] for i in range(10)]
+    arguments = {"batch_size": 3, **kwargs}
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=f"`{name}` must be an integer"):
+        cabs_select(rows, variant=variant, **arguments)
+
+
+def test_float_ids_are_refused():
+    with pytest.raises(TypeError, match="`concepts` must hold integer concept ids"):
+        cabs_select([[0.5], [1]], 1)
 
 
 def test_bad_concept_tensors():

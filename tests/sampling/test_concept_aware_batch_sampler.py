@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_plugins.functional import cabs_select
-from lightning_plugins.sampling import ConceptAwareBatchSampler
+from lightning_plugins.functional.concept_lists import concept_rows
+from lightning_plugins.sampling import ConceptAwareBatchSampler, ConceptAwareStream
 from tests.helpers import run_ddp
 
 
@@ -40,7 +41,7 @@ def test_every_batch_exact_and_from_its_own_super_batch(variant):
     concepts = long_tail_concepts()
     sampler = ConceptAwareBatchSampler(concepts, batch_size=8, filter_ratio=0.75, variant=variant)
     batches = list(sampler)
-    assert sampler.super_batch == 32 and len(sampler) == len(batches) == 200 // 32
+    assert sampler.super_batch_size == 32 and len(sampler) == len(batches) == 200 // 32
     for step, batch in enumerate(batches):
         assert len(batch) == 8 == len(set(batch))
         assert set(batch) <= set(sampler.candidates(step).tolist())
@@ -147,14 +148,15 @@ def test_resume_through_stateful_dataloader(num_workers):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"filter_ratio": 1.0}, "`filter_ratio` must be in \\[0, 1\\), got 1.0"),
-        ({"filter_ratio": -0.1}, "`filter_ratio` must be in \\[0, 1\\)"),
-        ({"batch_size": 0}, "`batch_size` must be a positive integer"),
+        ({"filter_ratio": 1.0}, "`filter_ratio` must be a finite number in \\[0, 1\\), got 1.0"),
+        ({"filter_ratio": -0.1}, "`filter_ratio` must be a finite number in \\[0, 1\\)"),
+        ({"batch_size": 0}, "`batch_size` must be a.*, got 0"),
         ({"batch_size": 60}, "needs super-batches of 300 candidates, more than the 200"),
         ({"variant": "greedy"}, "`variant` must be one of"),
-        ({"cap": 0}, "`cap` must be a positive integer or None"),
+        ({"cap": 0}, "`cap` must be a.*, got 0"),
         ({"targets": [0.5, 0.6]}, "must sum to 1"),
         ({"targets": [1.0, 0.5, -0.5]}, "finite and non-negative"),
+        ({"targets": [0.5, 0.5], "num_concepts": 20}, "one entry per concept \\(20\\), got 2"),
         ({"num_concepts": 5}, "ids must be in \\[0, 5\\)"),
         ({"num_replicas": 2, "rank": 2}, "`rank` must be in \\[0, num_replicas\\)"),
         ({"num_replicas": 20}, "20 ranks x 20 candidates"),
@@ -164,6 +166,45 @@ def test_bad_input(kwargs, message):
     arguments = {"batch_size": 4, "filter_ratio": 0.8, **kwargs}
     with pytest.raises(ValueError, match=message):
         ConceptAwareBatchSampler(long_tail_concepts(), **arguments)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 4.0},
+        {"batch_size": True},
+        {"filter_ratio": "0.8"},
+        {"cap": 2.5},
+        {"seed": 0.5},
+        {"num_concepts": 20.0},
+        {"num_replicas": 2.0},
+        {"rank": "0"},
+    ],
+)
+def test_wrong_types(kwargs):
+    arguments = {"batch_size": 4, "filter_ratio": 0.8, **kwargs}
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=f"`{name}` must be"):
+        ConceptAwareBatchSampler(long_tail_concepts(), **arguments)
+
+
+def test_one_seeding_scheme_with_the_stream():
+    concepts = long_tail_concepts()
+    sampler = ConceptAwareBatchSampler(concepts, batch_size=4, filter_ratio=0.8, seed=3)
+    sampler.set_epoch(2)
+    stream = ConceptAwareStream([], batch_size=4, filter_ratio=0.8, seed=3)
+    stream.set_epoch(2)
+    batches = list(sampler)
+    for step in range(3):
+        local = sampler.candidates(step)
+        expected = cabs_select(
+            concept_rows(sampler.ids, sampler.offsets, local),
+            4,
+            targets=sampler.step_targets(local),
+            generator=stream.generator(step),
+            num_concepts=sampler.num_concepts,
+        )
+        assert batches[step] == local[expected].tolist()
 
 
 def test_no_concepts_allowed_and_picked_last():

@@ -163,26 +163,31 @@ def test_dm_ties_are_deterministic_by_seed_and_epoch():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": 2.0}, "batch_size"),
-        ({"filter_ratio": 1.0}, "filter_ratio"),
-        ({"filter_ratio": -0.1}, "filter_ratio"),
-        ({"filter_ratio": float("nan")}, "filter_ratio"),
-        ({"variant": "iid"}, "variant"),
-        ({"cap": 0}, "cap"),
-        ({"cap": 1.5}, "cap"),
-        ({"seed": "0"}, "seed"),
-        ({"num_concepts": 0}, "num_concepts"),
-        ({"targets": torch.tensor([0.5, 0.6])}, "targets"),
-        ({"targets": torch.tensor([-0.5, 1.5])}, "targets"),
-        ({"targets": torch.tensor([0.5, 0.5]), "num_concepts": 3}, "targets"),
+        ({"batch_size": 0}, ValueError, "`batch_size` must be"),
+        ({"batch_size": 2.0}, TypeError, "`batch_size` must be an integer"),
+        ({"filter_ratio": 1.0}, ValueError, "`filter_ratio` must be"),
+        ({"filter_ratio": -0.1}, ValueError, "`filter_ratio` must be"),
+        ({"filter_ratio": float("nan")}, ValueError, "`filter_ratio` must be"),
+        ({"filter_ratio": "0.5"}, TypeError, "`filter_ratio` must be a number"),
+        ({"variant": "iid"}, ValueError, "`variant` must be one of"),
+        ({"cap": 0}, ValueError, "`cap` must be"),
+        ({"cap": 1.5}, TypeError, "`cap` must be an integer"),
+        ({"seed": "0"}, TypeError, "`seed` must be an integer"),
+        ({"num_concepts": 0}, ValueError, "`num_concepts` must be"),
+        ({"targets": torch.tensor([0.5, 0.6])}, ValueError, "targets"),
+        ({"targets": torch.tensor([-0.5, 1.5])}, ValueError, "targets"),
+        (
+            {"targets": torch.tensor([0.5, 0.5]), "num_concepts": 3},
+            ValueError,
+            "`targets` must hold one entry per concept \\(3\\)",
+        ),
     ],
 )
-def test_bad_arguments_raise(kwargs, match):
+def test_bad_arguments_raise(kwargs, error, match):
     args = {"batch_size": 2, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         ConceptAwareStream(make_samples(4), **args)
 
 
