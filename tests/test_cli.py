@@ -153,3 +153,25 @@ def test_loss_chosen_from_arguments(tmp_path):
 
     assert isinstance(cli.model.loss, SigLipLoss)
     assert cli.model.loss.chunk_size == 4 and cli.model.loss.dist_impl == "gather"
+
+
+def test_towers_and_zero_shot_classes_from_arguments(tmp_path):
+    cli = main(
+        [
+            "--model=SigLIP",
+            "--model.towers.model_name=ViT-Micro-P8-32",
+            "--model.towers.context_length=12",
+            "--model.zero_shot.class_names=[red circle, blue star]",
+            "--model.zero_shot.class_groups={stars: [1]}",
+            "--data=SyntheticShapes",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    from lightning_plugins.metrics import ZeroShotClasses
+
+    assert cli.model.tokenizer(["a red circle"]).shape == (1, 12)
+    assert cli.model.hparams.towers["context_length"] == 12  # a plain dict in hparams
+    assert cli.model.zero_shot_classes == ZeroShotClasses(
+        ["red circle", "blue star"], class_groups={"stars": [1]}
+    )

