@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import operator
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing_extensions import override
 
 from lightning_plugins.callbacks.concept_plot import plot_concept_frequencies
 from lightning_plugins.distributed import is_distributed
+from lightning_plugins.functional._checks import check_bool, check_int
 from lightning_plugins.functional.concept_statistics import (
-    concept_histogram,
+    concept_counts,
     concept_histogram_statistics,
 )
 
@@ -64,6 +64,9 @@ class ConceptStatistics(Callback):
         prefix: prepended to every logged name.
 
     Raises:
+        TypeError: for a ``num_concepts`` or ``log_every_n_steps`` that is not an
+            integer, a ``key`` or ``prefix`` that is not a string, or a ``plot`` that is
+            not a bool.
         ValueError: for ``num_concepts < 1`` or ``log_every_n_steps < 1``, or an empty
             ``key``.
 
@@ -83,17 +86,17 @@ class ConceptStatistics(Callback):
         prefix: str = "concepts/",
     ) -> None:
         super().__init__()
-        if num_concepts is not None:
-            num_concepts = _positive_int(num_concepts, "num_concepts")
-        log_every_n_steps = _positive_int(log_every_n_steps, "log_every_n_steps")
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"`key` must be a non-empty batch key string, got {key!r}.")
-        if not isinstance(prefix, str):
-            raise ValueError(f"`prefix` must be a string, got {prefix!r}.")
+        num_concepts = check_int(num_concepts, "num_concepts", low=1, optional=True)
+        log_every_n_steps = check_int(log_every_n_steps, "log_every_n_steps", low=1)
+        for name, value in (("key", key), ("prefix", prefix)):
+            if not isinstance(value, str):
+                raise TypeError(f"`{name}` must be a string, got {value!r}.")
+        if not key:
+            raise ValueError("`key` must be a non-empty batch key, got ''.")
         self.num_concepts = num_concepts
         self.key = key
         self.log_every_n_steps = log_every_n_steps
-        self.plot = bool(plot)
+        self.plot = check_bool(plot, "plot")
         self.prefix = prefix
         self.num_batches = 0
         # histogram counts, then the number of samples and of samples without concepts;
@@ -133,7 +136,7 @@ class ConceptStatistics(Callback):
                     "`num_concepts`, or fit with a datamodule that has a `num_concepts` "
                     f"attribute (got datamodule {type(datamodule).__name__})."
                 )
-            self.num_concepts = _positive_int(num_concepts, "datamodule.num_concepts")
+            self.num_concepts = check_int(num_concepts, "datamodule.num_concepts", low=1)
         if self._totals is None:
             self._totals = torch.zeros(self.num_concepts + 2, dtype=torch.long)
         elif self._totals.numel() != self.num_concepts + 2:
@@ -153,12 +156,8 @@ class ConceptStatistics(Callback):
     ) -> None:
         if self._totals is None or self.num_concepts is None:
             raise RuntimeError("ConceptStatistics was not set up; it runs inside `trainer.fit`.")
-        concepts = self._concepts(batch)
         num_concepts = self.num_concepts
-        step = torch.empty(num_concepts + 2, dtype=torch.long, device=concepts.device)
-        step[:num_concepts] = concept_histogram(concepts, num_concepts)
-        step[num_concepts] = concepts.shape[0]
-        step[num_concepts + 1] = ((concepts >= 0).sum(1) == 0).sum()
+        step = concept_counts(self._concepts(batch), num_concepts)
         if is_distributed():
             dist.all_reduce(step, op=dist.ReduceOp.SUM)
         if self._totals.device != step.device:
@@ -302,13 +301,3 @@ class ConceptStatistics(Callback):
             )
             return None
         return reference
-
-
-def _positive_int(value: Any, name: str) -> int:
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    return number

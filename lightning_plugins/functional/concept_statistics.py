@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 
-__all__ = ["concept_batch_statistics", "concept_histogram", "concept_histogram_statistics"]
+from lightning_plugins.functional._checks import check_int
+
+__all__ = [
+    "concept_batch_statistics",
+    "concept_counts",
+    "concept_histogram",
+    "concept_histogram_statistics",
+]
 
 
 def concept_histogram(concepts: torch.Tensor, num_concepts: int) -> torch.Tensor:
@@ -23,30 +28,28 @@ def concept_histogram(concepts: torch.Tensor, num_concepts: int) -> torch.Tensor
         ``[num_concepts]`` int64 counts on the device of ``concepts``.
 
     Raises:
-        ValueError: if ``num_concepts < 1``, ``concepts`` is not a 2-D integer tensor,
-            or it holds an id outside ``[0, num_concepts)`` other than the padding ``-1``.
+        TypeError: if ``concepts`` is not an integer tensor or ``num_concepts`` not an
+            integer.
+        ValueError: if ``num_concepts < 1``, ``concepts`` is not 2-D, or it holds an id
+            outside ``[0, num_concepts)`` other than the padding ``-1``.
 
     Example:
         >>> concept_histogram(torch.tensor([[3, 3, -1], [-1, -1, -1], [0, 3, 1]]), 5)
         tensor([1, 1, 0, 3, 0])
     """
-    num_concepts = _check_num_concepts(num_concepts)
+    num_concepts = check_int(num_concepts, "num_concepts", low=1)
+    wanted = "a 2-D integer [batch, max_objects] tensor padded with -1"
     if (
         not isinstance(concepts, torch.Tensor)
-        or concepts.ndim != 2
         or concepts.dtype.is_floating_point
         or concepts.dtype.is_complex
         or concepts.dtype == torch.bool
     ):
-        got = (
-            f"dtype {concepts.dtype} and shape {tuple(concepts.shape)}"
-            if isinstance(concepts, torch.Tensor)
-            else type(concepts).__name__
-        )
-        raise ValueError(
-            f"`concepts` must be a 2-D integer [batch, max_objects] tensor padded with -1, "
-            f"got {got}."
-        )
+        got = f"dtype {concepts.dtype}" if isinstance(concepts, torch.Tensor) else "a "
+        got += "" if isinstance(concepts, torch.Tensor) else type(concepts).__name__
+        raise TypeError(f"`concepts` must be {wanted}, got {got}.")
+    if concepts.ndim != 2:
+        raise ValueError(f"`concepts` must be {wanted}, got shape {tuple(concepts.shape)}.")
     concepts = concepts.detach().long()
     bad = (concepts < -1) | (concepts >= num_concepts)
     if bool(bad.any()):
@@ -120,6 +123,28 @@ def concept_histogram_statistics(
     }
 
 
+def concept_counts(concepts: torch.Tensor, num_concepts: int) -> torch.Tensor:
+    """The counts of a padded batch that add up over batches and ranks, in one tensor.
+
+    Entries ``[0, num_concepts)`` are :func:`concept_histogram`, then the number of
+    samples and the number of samples without any concept: sum it over batches or
+    all-reduce it, then split it for :func:`concept_histogram_statistics`.
+
+    Raises:
+        TypeError, ValueError: as :func:`concept_histogram`.
+
+    Example:
+        >>> concept_counts(torch.tensor([[3, 3, -1], [-1, -1, -1], [0, 3, 1]]), 5)
+        tensor([1, 1, 0, 3, 0, 3, 1])
+    """
+    histogram = concept_histogram(concepts, num_concepts)
+    counts = torch.empty(histogram.numel() + 2, dtype=torch.long, device=histogram.device)
+    counts[:-2] = histogram
+    counts[-2] = concepts.shape[0]
+    counts[-1] = ((concepts >= 0).sum(1) == 0).sum()
+    return counts
+
+
 def concept_batch_statistics(concepts: torch.Tensor, num_concepts: int) -> dict[str, torch.Tensor]:
     """How the concepts of a padded batch are spread: coverage, entropy, imbalance.
 
@@ -134,7 +159,7 @@ def concept_batch_statistics(concepts: torch.Tensor, num_concepts: int) -> dict[
         ``max_count``.
 
     Raises:
-        ValueError: as :func:`concept_histogram`.
+        TypeError, ValueError: as :func:`concept_histogram`.
 
     Example:
         >>> concepts = torch.tensor([[3, 3, -1], [-1, -1, -1], [0, 3, 1], [2, -1, -1]])
@@ -146,16 +171,5 @@ def concept_batch_statistics(concepts: torch.Tensor, num_concepts: int) -> dict[
         >>> round(float(stats["entropy"]), 4)  # shares 3/6, 1/6, 1/6, 1/6
         1.2425
     """
-    histogram = concept_histogram(concepts, num_concepts)
-    num_empty = ((concepts >= 0).sum(1) == 0).sum()
-    return concept_histogram_statistics(histogram, concepts.shape[0], num_empty)
-
-
-def _check_num_concepts(num_concepts: int) -> int:
-    try:
-        value = operator.index(num_concepts)
-    except TypeError:
-        value = None
-    if value is None or isinstance(num_concepts, bool) or value < 1:
-        raise ValueError(f"`num_concepts` must be an integer >= 1, got {num_concepts!r}.")
-    return value
+    counts = concept_counts(concepts, num_concepts)
+    return concept_histogram_statistics(counts[:-2], counts[-2], counts[-1])

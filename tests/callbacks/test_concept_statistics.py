@@ -20,6 +20,7 @@ from lightning_plugins.functional import (
     concept_histogram,
     concept_histogram_statistics,
 )
+from lightning_plugins.functional.concept_statistics import concept_counts
 from tests.helpers import run_ddp
 
 NUM_CONCEPTS = 12
@@ -110,26 +111,29 @@ def test_histogram_statistics_of_summed_parts_equal_those_of_the_union():
     empty = sum(int(((p >= 0).sum(1) == 0).sum()) for p in parts)
     stats = concept_histogram_statistics(histogram, 15, empty)
     assert_statistics(stats, reference_statistics(torch.cat(parts), NUM_CONCEPTS))
+    # concept_counts packs the same summable counts: histogram, samples, empty samples
+    counts = sum(concept_counts(p, NUM_CONCEPTS) for p in parts)
+    assert counts[:-2].tolist() == histogram.tolist() and counts[-2:].tolist() == [15, empty]
 
 
 @pytest.mark.parametrize(
-    ("concepts", "num_concepts", "match"),
+    ("concepts", "num_concepts", "error", "match"),
     [
-        (torch.tensor([[0, 5]]), 5, "concept id 5"),
-        (torch.tensor([[0, -2]]), 5, "concept id -2"),
-        (torch.tensor([0, 1]), 5, "2-D integer"),
-        (torch.tensor([[0.0, 1.0]]), 5, "2-D integer"),
-        (torch.tensor([[True]]), 5, "2-D integer"),
-        ([[0, 1]], 5, "2-D integer"),
-        (torch.tensor([[0, 1]]), 0, "num_concepts"),
-        (torch.tensor([[0, 1]]), 2.0, "num_concepts"),
-        (torch.tensor([[0, 1]]), True, "num_concepts"),
+        (torch.tensor([[0, 5]]), 5, ValueError, "concept id 5"),
+        (torch.tensor([[0, -2]]), 5, ValueError, "concept id -2"),
+        (torch.tensor([0, 1]), 5, ValueError, "2-D integer.*got shape \\(2,\\)"),
+        (torch.tensor([[0.0, 1.0]]), 5, TypeError, "2-D integer.*got dtype torch.float32"),
+        (torch.tensor([[True]]), 5, TypeError, "2-D integer"),
+        ([[0, 1]], 5, TypeError, "2-D integer.*got a list"),
+        (torch.tensor([[0, 1]]), 0, ValueError, "`num_concepts` must be .*, got 0"),
+        (torch.tensor([[0, 1]]), 2.0, TypeError, "`num_concepts` must be an integer"),
+        (torch.tensor([[0, 1]]), True, TypeError, "`num_concepts` must be an integer"),
     ],
 )
-def test_functional_bad_input(concepts, num_concepts, match):
-    with pytest.raises(ValueError, match=match):
+def test_functional_bad_input(concepts, num_concepts, error, match):
+    with pytest.raises(error, match=match):
         concept_histogram(concepts, num_concepts)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         concept_batch_statistics(concepts, num_concepts)
 
 
@@ -278,16 +282,20 @@ def test_callback_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"num_concepts": 0}, r"`num_concepts`.*got 0"),
-        ({"num_concepts": 2.5}, r"`num_concepts`.*got 2\.5"),
-        ({"log_every_n_steps": 0}, r"`log_every_n_steps`.*>= 1, got 0"),
-        ({"key": ""}, "`key`"),
+        ({"num_concepts": 0}, ValueError, r"`num_concepts`.*got 0"),
+        ({"num_concepts": 2.5}, TypeError, r"`num_concepts` must be an integer.*got 2\.5"),
+        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be .*, got 0"),
+        ({"log_every_n_steps": "1"}, TypeError, r"`log_every_n_steps` must be an integer"),
+        ({"key": ""}, ValueError, "`key`"),
+        ({"key": 3}, TypeError, "`key` must be a string"),
+        ({"prefix": None}, TypeError, "`prefix` must be a string"),
+        ({"plot": "no"}, TypeError, "`plot` must be a bool"),
     ],
 )
-def test_callback_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_callback_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         ConceptStatistics(**kwargs)
 
 
