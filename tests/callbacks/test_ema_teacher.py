@@ -677,6 +677,7 @@ def _distributed(rank, world_size, port, root):
     return {
         "ddp": _ddp_fit(rank, world_size, port, os.path.join(root, "ddp")),
         "fsdp2": _fsdp2_steps(rank, world_size, os.path.join(root, "fsdp2")),
+        "model_parallel": _model_parallel_fit(os.path.join(root, "model_parallel")),
     }
 
 
@@ -723,6 +724,63 @@ def fsdp2_batches():
 
 def _local(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class Sharded(Tiny):
+    """``Tiny`` without BatchNorm, sharded with ``fully_shard`` in ``configure_model``."""
+
+    def __init__(self) -> None:
+        super().__init__(batchnorm=False)
+
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+
+        if self.device_mesh is None:  # one process: the reference
+            return
+        mesh = self.device_mesh["tensor_parallel"]  # both ranks: same data, sharded weights
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def model_parallel_fit(root, strategy="auto", devices=1):
+    torch.manual_seed(0)
+    ema = EMATeacher(decay=0.8)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=4,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        callbacks=[ema],
+        use_distributed_sampler=False,  # every rank reads all batches, as one process does
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    module = Sharded()
+    trainer.fit(module, DataLoader(data(), batch_size=4), DataLoader(data(8, 1), batch_size=4))
+    return ema, trainer
+
+
+def _model_parallel_fit(root):
+    """Lightning's ModelParallelStrategy (FSDP2) on 2 CPU processes with gloo."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    ema, _ = model_parallel_fit(root, ModelParallelStrategy(), devices=2)
+    ema.export(os.path.join(root, "ema.pt"))
+    shards = [_local(t) for t in ema._average.tensors]
+    return {
+        "sharded": ema.sharded,
+        "shards_local": sum(t.numel() for t in shards)
+        < sum(t.numel() for t in ema._average.tensors),
+        "state": ema.state_dict(),  # gathered on rank 0
+        "updates": ema.num_updates,
+    }
 
 
 def _fsdp2_steps(rank, world_size, root):
@@ -858,6 +916,24 @@ def test_fsdp2_on_cpu_averages_local_shards(distributed):
         validated = module(torch.ones(2, 4))
     for result in (first, second):  # validation ran on the averaged weights
         torch.testing.assert_close(result["validated"], validated)
+
+
+@pytest.mark.ddp
+def test_model_parallel_strategy_on_cpu_averages_shards_like_one_process(distributed, tmp_path):
+    """Per-shard averaging under Lightning's ModelParallelStrategy, its gathered checkpoint
+    state and export, against one process training on the same batches."""
+    results, root = distributed
+    first, second = (r["model_parallel"] for r in results)
+    assert first["sharded"] and first["shards_local"] and second["shards_local"]
+    assert first["updates"] == second["updates"] == 4
+    assert second["state"]["ema"] == {}  # gathered on rank 0 only
+    reference, _ = model_parallel_fit(tmp_path)
+    expected = ema_state(reference)
+    assert not reference.sharded
+    assert set(expected) == {"net.0.weight", "net.0.bias", "net.4.weight", "net.4.bias"}
+    torch.testing.assert_close(first["state"]["ema"], expected)
+    exported = torch.load(root / "model_parallel" / "ema.pt", weights_only=True)
+    torch.testing.assert_close({k: exported[k] for k in expected}, expected)
 
 
 # -------------------------------------------------------------------- FSDP
