@@ -193,6 +193,35 @@ class AveragedTensors:
                 live.copy_(stashed)
         self._stash = None
 
+    @torch.no_grad()
+    def load(self, average: dict[str, torch.Tensor]) -> None:
+        """Set the average from a full one by name (a checkpoint's), checking names and shapes."""
+        missing = [key for key in self.keys if key not in average]
+        unexpected = [key for key in average if key not in set(self.keys)]
+        if missing or unexpected:
+            raise ValueError(
+                "The checkpoint's average does not match the averaged tensors of the module "
+                f"(did the set of trainable parameters change?): missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}."
+            )
+        for index, key in enumerate(self.keys):
+            tensor = self.tensors[index]
+            if average[key].shape != tensor.shape and tensor.numel():
+                raise ValueError(
+                    f"The checkpoint's average of {key!r} has shape "
+                    f"{tuple(average[key].shape)}, the module's {tuple(tensor.shape)}."
+                )
+            self.tensors[index] = average[key].to(tensor.device, tensor.dtype, copy=True)
+
+    def put_into(self, state: dict[str, torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Write ``values`` (one per averaged tensor) into a state dict of the module.
+
+        As CPU copies, under the names the state dict uses (with or without wrapper prefixes).
+        """
+        for path, key, value in zip(self.paths, self.keys, values, strict=True):
+            for name in {path, key} & state.keys():
+                state[name] = value.detach().cpu().clone()
+
     @contextlib.contextmanager
     def swapped_in(self, write_back: bool = False) -> Iterator[None]:
         """Within the block the module holds the average (no-op if it does already)."""

@@ -283,31 +283,15 @@ class EMATeacher(Callback):
         if self._average is not None:
             self._apply_pending()
 
-    @torch.no_grad()
     def _apply_pending(self) -> None:
         state, self._pending = self._pending, None
-        average, ema = self._average, state["ema"]
-        if not ema and not state["num_updates"]:
+        if not state["ema"] and not state["num_updates"]:
             return
-        missing = [key for key in average.keys if key not in ema]
-        unexpected = [key for key in ema if key not in set(average.keys)]
-        if missing or unexpected:
-            raise ValueError(
-                f"The checkpoint's `{self.state_key}` state does not match the averaged "
-                f"tensors of the module (did the set of trainable parameters change?): "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
         if self._sharded:
-            scatter_full(self._trainer.strategy.model, ema, average.swapped_in)
-            return
-        for index, key in enumerate(average.keys):
-            tensor = average.tensors[index]
-            if ema[key].shape != tensor.shape and tensor.numel():
-                raise ValueError(
-                    f"The checkpoint's average of {key!r} has shape {tuple(ema[key].shape)}, "
-                    f"the module's {tuple(tensor.shape)}."
-                )
-            average.tensors[index] = ema[key].to(tensor.device, tensor.dtype, copy=True)
+            model = self._trainer.strategy.model
+            scatter_full(model, state["ema"], self._average.swapped_in)
+        else:
+            self._average.load(state["ema"])
 
     # ------------------------------------------------------------------ setup
     @override
@@ -321,7 +305,7 @@ class EMATeacher(Callback):
         self._trainer = trainer
         self._attach(pl_module, new_run=self._pending is None)
         if self._decay_at is None:
-            self._decay_at = self._resolve_schedule(trainer)
+            self._decay_at = _resolve_schedule(self, trainer)
 
     def _attach(self, pl_module: pl.LightningModule, new_run: bool = False) -> None:
         """Average ``pl_module`` (unless it is already), apply a checkpoint's state, expose it."""
@@ -363,21 +347,6 @@ class EMATeacher(Callback):
             f"EMATeacher `{self.name}`: averaging {len(paths)} tensors "
             f"({self._average.nbytes / 2**20:.1f} MiB{' per rank' if self._sharded else ''})."
         )
-
-    def _resolve_schedule(self, trainer: pl.Trainer) -> Callable[[int], float]:
-        kwargs = dict(self.schedule_kwargs)
-        kwargs[_DECAY_ARGUMENT[self.schedule]] = self.decay
-        if self.schedule == "cosine":
-            kwargs.setdefault("end_value", 1.0)
-            if "max_steps" not in kwargs:
-                total = trainer.estimated_stepping_batches
-                if total == float("inf"):
-                    raise ValueError(
-                        "The cosine decay schedule needs a length: set `max_steps` or "
-                        "`max_epochs` of the Trainer, or `schedule_kwargs={'max_steps': ...}`."
-                    )
-                kwargs["max_steps"] = max(int(total) - self.start_step, 1)
-        return resolve_schedule(self.schedule, **kwargs)
 
     # --------------------------------------------------------------- training
     @override
@@ -496,11 +465,7 @@ class EMATeacher(Callback):
                 "Save in `on_validation_end` or later (ModelCheckpoint does), or use "
                 "validate_with='model'."
             )
-        state = checkpoint.get("state_dict", {})
-        average = self._average
-        for path, key, live in zip(average.paths, average.keys, average.live_values(), strict=True):
-            for name in {path, key} & state.keys():
-                state[name] = live.detach().clone()
+        self._average.put_into(checkpoint.get("state_dict", {}), self._average.live_values())
 
     # ----------------------------------------------------------------- export
     def export(self, path: str | os.PathLike) -> None:
@@ -530,11 +495,8 @@ class EMATeacher(Callback):
                 state = get_model_state_dict(trainer.strategy.model, options=options)
         else:
             state = {k: v.detach().cpu().clone() for k, v in average.module.state_dict().items()}
-            live = average.live_values()
-            values = average.averages() if self.updated else live
-            for module_path, key, value in zip(average.paths, average.keys, values, strict=True):
-                for name in {module_path, key} & state.keys():
-                    state[name] = value.detach().cpu().clone()
+            if self.updated:
+                average.put_into(state, average.averages())
         if trainer is None or trainer.is_global_zero:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             torch.save(state, path)
@@ -612,6 +574,26 @@ def _fresh_if_persistent(loader: Any) -> Any:
     return torch.utils.data.DataLoader(
         loader.dataset, batch_sampler=loader.batch_sampler, **workers
     )
+
+
+def _resolve_schedule(ema: EMATeacher, trainer: pl.Trainer) -> Callable[[int], float]:
+    """The ``step -> decay`` function of ``ema``'s named schedule.
+
+    The cosine schedule's length defaults to the Trainer's optimizer steps after the start.
+    """
+    kwargs = dict(ema.schedule_kwargs)
+    kwargs[_DECAY_ARGUMENT[ema.schedule]] = ema.decay
+    if ema.schedule == "cosine":
+        kwargs.setdefault("end_value", 1.0)
+        if "max_steps" not in kwargs:
+            total = trainer.estimated_stepping_batches
+            if total == float("inf"):
+                raise ValueError(
+                    "The cosine decay schedule needs a length: set `max_steps` or "
+                    "`max_epochs` of the Trainer, or `schedule_kwargs={'max_steps': ...}`."
+                )
+            kwargs["max_steps"] = max(int(total) - ema.start_step, 1)
+    return resolve_schedule(ema.schedule, **kwargs)
 
 
 def _check_device(device: Any) -> torch.device | None:
