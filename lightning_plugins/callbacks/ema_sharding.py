@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-__all__ = ["gather_full", "is_dtensor", "local_part", "scatter_full"]
+__all__ = ["full_state_dict", "gather_full", "is_dtensor", "local_part", "scatter_full"]
 
 
 def is_dtensor(tensor: torch.Tensor) -> bool:
@@ -34,20 +34,26 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-def gather_full(
-    model: nn.Module, keys: Iterable[str], averaged: Callable[[], AbstractContextManager[None]]
+def full_state_dict(
+    model: nn.Module, averaged: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 ) -> dict[str, torch.Tensor]:
-    """The full average of ``keys`` on rank 0's CPU (empty on other ranks).
+    """The model's full state dict on rank 0's CPU (empty on other ranks).
 
-    ``averaged()`` is a context within which ``model``'s shards hold the average.
+    Taken within ``averaged()``, a context within which ``model``'s shards hold the average.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     with averaged():
-        state = get_model_state_dict(model, options=options)
+        return get_model_state_dict(model, options=options)
+
+
+def gather_full(
+    model: nn.Module, keys: Iterable[str], averaged: Callable[[], AbstractContextManager[None]]
+) -> dict[str, torch.Tensor]:
+    """The full average of ``keys`` on rank 0's CPU (empty on other ranks)."""
     wanted = set(keys)
-    return {key: value for key, value in state.items() if key in wanted}
+    return {k: v for k, v in full_state_dict(model, averaged).items() if k in wanted}
 
 
 def scatter_full(

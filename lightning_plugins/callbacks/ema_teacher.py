@@ -18,7 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_plugins.callbacks.averaged_tensors import AveragedTensors, select_paths
-from lightning_plugins.callbacks.ema_sharding import gather_full, is_dtensor, scatter_full
+from lightning_plugins.callbacks.ema_sharding import (
+    full_state_dict,
+    gather_full,
+    is_dtensor,
+    scatter_full,
+)
 from lightning_plugins.callbacks.teacher_view import TeacherView
 from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
 from lightning_plugins.functional.schedules import SCHEDULES, resolve_schedule
@@ -112,10 +117,11 @@ class EMATeacher(Callback):
     instances (say two decays) coexist when their ``name`` differs. :meth:`export` writes
     the averaged weights as a plain state dict of the module.
 
-    The callback has more than 15 attributes because it keeps its ten arguments as given
-    (LightningCLI and ``state_key`` read them) besides its state: the average, the
-    counters, the resolved schedule, a checkpoint's state waiting for the module, and the
-    Trainer.
+    The callback has more than 15 attributes, and about 330 lines of code, because it keeps
+    its ten arguments as given (LightningCLI and ``state_key`` read them) besides its state
+    (the average, the counters, the resolved schedule, a checkpoint's state waiting for the
+    module, the Trainer), and has hooks for fit, validate, test and predict; the mechanics
+    live in :class:`AveragedTensors` and :mod:`~lightning_plugins.callbacks.ema_sharding`.
 
     Args:
         decay: the decay, in ``[0, 1)``: of ``"constant"``, the largest of ``"warmup"``,
@@ -485,14 +491,8 @@ class EMATeacher(Callback):
             )
         trainer = self._trainer
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-            )
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            with average.swapped_in() if self.updated else contextlib.nullcontext():
-                state = get_model_state_dict(trainer.strategy.model, options=options)
+            swap = average.swapped_in if self.updated else contextlib.nullcontext
+            state = full_state_dict(trainer.strategy.model, swap)
         else:
             state = {k: v.detach().cpu().clone() for k, v in average.module.state_dict().items()}
             if self.updated:
