@@ -181,9 +181,10 @@ def cabs_generator(
 # ---------------------------------------------------------------------------- greedy DM
 
 _TERM_BITS = 47  # occurrence gains are held as integers in units of 2**-47: exact sums
-_KEY_DIVISOR = 2.0 ** (_TERM_BITS - 32)  # a gain's key: its mean in units of 2**-32
-_NO_CONCEPT_KEY = NO_CONCEPT_GAIN * 2.0**32
-_MAX_OBJECTS = 2**15  # objects per sample that keep a sum of terms inside int64
+_HALF_UNIT = 2 ** (_TERM_BITS - 33)  # a gain's key: its mean in units of 2**-32, rounded
+_NO_CONCEPT_KEY = int(NO_CONCEPT_GAIN * 2**32)
+_PICKED = -(2**62)  # the key of a sample in the batch, below every gain
+_MAX_OBJECTS = 2**14  # objects per sample that keep a sum of terms (each < 2**48) in int64
 
 
 class _Occurrences(NamedTuple):
@@ -271,14 +272,14 @@ def _stable_concept_order(ids: np.ndarray) -> np.ndarray:
 
 
 def _keys(sums: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Gains in units of ``2**-32``, rounded (the same float steps as :meth:`_GreedyState.gain`)."""
-    return np.floor(sums.astype(np.float64) / (lengths * _KEY_DIVISOR) + 0.5)
+    """Mean gains in units of ``2**-32``, rounded half up in exact integer arithmetic."""
+    return (sums + lengths * _HALF_UNIT) // (lengths * (2 * _HALF_UNIT))
 
 
 class _GreedyState:
     """Counts, exact gain sums and exclusion bounds of one DM selection.
 
-    ``keys`` holds each sample's gain in units of ``2**-32`` (``-inf`` once picked),
+    ``keys`` holds each sample's gain in units of ``2**-32`` (``_PICKED`` once picked),
     computed from ``sums``, the exact integer sum of its occurrence gains. ``need`` is
     the cap a sample needs, ``max_c (count_c + copies of c in it)``, kept exact for every
     concept that could exceed the cap; a sample is excluded while ``need > cap``. The
@@ -317,7 +318,7 @@ class _GreedyState:
             if num_present
             else []
         )
-        self.starts = offsets.tolist()
+        self.starts, self.flat = offsets.tolist(), occ.flat.tolist()  # rows for the pick loop
         self.rank = np.empty(order.size, dtype=np.int64)
         self.rank[order] = np.arange(order.size)
         self.lengths = lengths
@@ -330,18 +331,18 @@ class _GreedyState:
         self.sums = cumulative[offsets[1:]] - cumulative[offsets[:-1]]
         self.keys = np.where(lengths > 0, _keys(self.sums, np.maximum(lengths, 1)), _NO_CONCEPT_KEY)
 
-    def window(self) -> tuple[list[tuple[float, int, int]], float]:
+    def window(self) -> tuple[list[tuple[int, int, int]], int]:
         """The eligible samples with a gain of at least a threshold, as a sorted queue.
 
         Every eligible sample outside the window has a smaller gain than the threshold.
         An empty queue: the cap rules out every remaining sample.
         """
-        eligible = np.flatnonzero((self.keys > -np.inf) & (self.need <= self.cap))
+        eligible = np.flatnonzero((self.keys > _PICKED) & (self.need <= self.cap))
         if eligible.size == 0:
-            return [], -np.inf
+            return [], _PICKED
         keys = self.keys[eligible]
         keep = keys.size - min(keys.size, _WINDOW)
-        threshold = float(np.partition(keys, keep)[keep])
+        threshold = int(np.partition(keys, keep)[keep])
         inside = eligible[keys >= threshold]
         inside = inside[np.lexsort((self.rank[inside], -self.keys[inside]))]
         queue = zip(
@@ -349,7 +350,7 @@ class _GreedyState:
         )
         return list(queue), threshold  # sorted, hence a valid heap
 
-    def eligible(self, queue: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    def eligible(self, queue: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
         """The entries of a queue that the cap does not exclude now, as a heap."""
         positions = np.fromiter((entry[2] for entry in queue), np.int64, len(queue))
         fits = (self.need[positions] <= self.cap).tolist()
@@ -359,29 +360,29 @@ class _GreedyState:
 
     def raise_cap(self) -> None:
         """Raise the cap by its first value, as often as it takes for a remaining sample to fit."""
-        lacking = float(self.need[self.keys > -np.inf].min()) - self.cap
+        lacking = float(self.need[self.keys > _PICKED].min()) - self.cap
         self.cap += self.step * math.ceil(lacking / self.step)
 
-    def gain(self, position: int) -> float | None:
+    def gain(self, position: int) -> int | None:
         """The key of one sample at the current counts (as :func:`_keys`), ``None`` if excluded."""
         if self.need.item(position) > self.cap:
             return None
         begin, end = self.starts[position], self.starts[position + 1]
         if begin == end:
             return _NO_CONCEPT_KEY
-        row = self.occurrences.flat[begin:end].tolist()
+        row = self.flat[begin:end]
         total = sum(map(self.table_list.__getitem__, map(self.position.__getitem__, row)))
-        return float(math.floor(total / ((end - begin) * _KEY_DIVISOR) + 0.5))
+        return (total + (end - begin) * _HALF_UNIT) // ((end - begin) * (2 * _HALF_UNIT))
 
     def count(self, position: int) -> list[int]:
         """Add one sample's concepts to the counts; return them (the arrays follow in ``take``)."""
-        row = self.occurrences.flat[self.starts[position] : self.starts[position + 1]].tolist()
-        counts, entry, values = self.counts, self.position, self.table_list
+        row = self.flat[self.starts[position] : self.starts[position + 1]]
+        counts, entry, values, copies = self.counts, self.position, self.table_list, self.max_copies
         for concept in row:
             count = counts[concept] = counts[concept] + 1
             if values[entry[concept]] > 0:  # under target: move to the next count's gain
                 entry[concept] += 1
-            if count + self.max_copies[concept] > self.cap:  # a holder outgrows the cap
+            if count + copies[concept] > self.cap:  # a holder outgrows the cap
                 self._raise_need(concept, count)
         return row
 
@@ -399,7 +400,7 @@ class _GreedyState:
         """Mark ``picked`` taken and re-score the samples holding ``concepts`` (theirs)."""
         if not picked:
             return
-        self.keys[picked] = -np.inf
+        self.keys[picked] = _PICKED
         if not concepts:
             return
         changed, increments = np.unique(np.asarray(concepts), return_counts=True)
@@ -418,7 +419,7 @@ class _GreedyState:
         begin, end = occ.concept_start[changed], occ.concept_start[changed + 1]
         holder = occ.holder[_ranges(begin, end)]
         np.add.at(self.sums, holder, np.repeat(delta, end - begin))
-        holder = holder[self.keys[holder] > -np.inf]
+        holder = holder[self.keys[holder] > _PICKED]
         self.keys[holder] = _keys(self.sums[holder], self.lengths[holder])
 
 
@@ -436,6 +437,7 @@ def _greedy_dm(state: _GreedyState, batch_size: int) -> list[int]:
     starts. When no sample is eligible, the cap rises.
     """
     picked: list[int] = []
+    gain, count, pop = state.gain, state.count, heapq.heappop
     while len(picked) < batch_size:
         queue, threshold = state.window()
         if not queue:
@@ -446,7 +448,7 @@ def _greedy_dm(state: _GreedyState, batch_size: int) -> list[int]:
         stale = 0  # re-scorings since the last pick
         while queue and len(picked) + len(accepted) < batch_size:
             negative_key, rank, position = queue[0]
-            key = state.gain(position)
+            key = gain(position)
             if key is None:  # it would break the cap now, and so may more of the queue
                 queue = state.eligible(queue)
             elif -key != negative_key:  # a stale bound: re-queue with the true gain
@@ -457,9 +459,9 @@ def _greedy_dm(state: _GreedyState, batch_size: int) -> list[int]:
             elif key < threshold and accepted:
                 break  # a sample outside the window may be better now
             else:
-                heapq.heappop(queue)
+                pop(queue)
                 accepted.append(position)
-                concepts += state.count(position)
+                concepts += count(position)
                 stale = 0
         picked += accepted
         state.take(accepted, concepts)
