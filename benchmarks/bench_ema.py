@@ -65,8 +65,8 @@ On CUDA the device's peak bandwidth is shown beside it where known (H100 3.35 TB
 4.8 TB/s; else "unknown").
 
 **Memory.** The bytes of the averaged copy each method holds, summed over distinct tensor
-storages: ours, the tensors of ``EMATeacher._ema``; Lightning, every parameter and buffer
-of its ``AveragedModel`` (the deep-copied LightningModule, with frozen parameters and
+storages: ours, the tensors of ``EMATeacher._average.tensors``; Lightning, every parameter
+and buffer of its ``AveragedModel`` (the deep-copied LightningModule, with frozen parameters and
 non-persistent buffers if there were any, plus the ``n_averaged`` counter); timm, every
 parameter and buffer of its module copy. On CUDA the transient peak during one update
 (``max_memory_allocated`` above the memory allocated before it) is recorded as well.
@@ -301,16 +301,16 @@ def measure(model_name: str, device: str, args: argparse.Namespace) -> Row:
     }
 
     keys = ours.keys  # names in the LightningModule's state dict
-    live = ours._live()  # the module's tensors, in the order of `keys`
+    live = ours._average.live()  # the module's tensors, in the order of `keys`
     floats = [t for t in live if t.is_floating_point()]
     float_keys = [k for k, t in zip(keys, live, strict=True) if t.is_floating_point()]
     row.params = sum(p.numel() for p in module.parameters())
     row.tensors = len(keys)
     row.update_bytes = 3 * sum(t.numel() * t.element_size() for t in floats)
 
-    row.held_bytes["ours"], on = storages(ours._ema)
+    row.held_bytes["ours"], on = storages(ours._average.tensors)
     row.held_on["ours"] = ",".join(sorted(on))
-    row.held_bytes["ours_cpu"], on = storages(ours_cpu._ema)
+    row.held_bytes["ours_cpu"], on = storages(ours_cpu._average.tensors)
     row.held_on["ours_cpu"] = ",".join(sorted(on))
     row.held_bytes["lightning"], on = storages(module_tensors(average_model))
     row.held_on["lightning"] = ",".join(sorted(on))
@@ -384,8 +384,8 @@ def measure(model_name: str, device: str, args: argparse.Namespace) -> Row:
     lightning_state = average_model.module.state_dict()
     timm_state = {f"net.{k}": v for k, v in timm_ema.module.state_dict().items()}
     averages = {
-        "ours": [t for t in ours._ema if t.is_floating_point()],
-        "ours_cpu": [t for t in ours_cpu._ema if t.is_floating_point()],
+        "ours": [t for t in ours._average.tensors if t.is_floating_point()],
+        "ours_cpu": [t for t in ours_cpu._average.tensors if t.is_floating_point()],
         "lightning": [lightning_state[k] for k in float_keys],
         "timm": [timm_state[k] for k in float_keys],
     }

@@ -126,17 +126,23 @@ class AveragedTensors:
         if self.swapped:
             raise RuntimeError("The average cannot be updated while it is swapped in.")
         live = self.live()
+        try:
+            ema_update_(self.tensors, live, decay)
+        except ValueError:  # a shape mismatch (checked before anything is averaged)
+            self._adopt_resized(live)
+            ema_update_(self.tensors, live, decay)
+
+    def _adopt_resized(self, live: list[torch.Tensor]) -> None:
         for index, (average, tensor) in enumerate(zip(self.tensors, live, strict=True)):
-            if average.shape != tensor.shape:
-                if average.numel() == 0:
-                    self.tensors[index] = self._copy(tensor)
-                    continue
+            if average.shape == tensor.shape:
+                continue
+            if average.numel():
                 raise ValueError(
                     f"EMATeacher averages {self.keys[index]!r}, whose shape changed from "
                     f"{tuple(average.shape)} to {tuple(tensor.shape)} during training; only a "
                     "tensor registered empty may be sized later."
                 )
-        ema_update_(self.tensors, live, decay)
+            self.tensors[index] = self._copy(tensor)
 
     def averages(self) -> list[torch.Tensor]:
         """The averaged values, wherever they are now (in the module where exchanged)."""
