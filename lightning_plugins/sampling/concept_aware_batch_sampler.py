@@ -60,6 +60,10 @@ class ConceptAwareBatchSampler(BatchSampler):
     targets; torchdata's ``StatefulDataLoader`` stores it in checkpoints, and a resumed
     run continues with exactly the batches it would have seen.
 
+    Its seventeen attributes are the settings, the annotations (CSR arrays), the world it
+    runs in and the position (batches yielded, a pending resume): what ``BatchSampler``,
+    DDP and an exact resume need.
+
     Args:
         concepts: concept ids of every dataset sample (see
             :data:`~lightning_plugins.functional.concept_lists.ConceptLists`). Samples

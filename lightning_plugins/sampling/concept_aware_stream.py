@@ -73,6 +73,10 @@ class ConceptAwareStream(IterableDataset[Sample]):
     next super-batch in this process; DataLoader workers see it when they are started
     again (the next epoch, unless ``persistent_workers=True``).
 
+    The stream holds more than fifteen attributes on purpose: its ten settings plus the
+    position inside the current epoch (super-batches and samples yielded, the source's
+    state and where it was taken) that an exact resume needs.
+
     Args:
         source: iterable of sample dicts (typically an ``IterableDataset``); it must
             be iterable more than once to serve more than one epoch.
