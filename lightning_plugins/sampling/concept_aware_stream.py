@@ -40,8 +40,9 @@ class ConceptAwareStream(IterableDataset[Sample]):
     multiplicity) or a 1-D integer tensor padded with ``-1``; samples are yielded
     unchanged, so give them a fixed-length padded tensor (or use your own
     ``collate_fn``) when the default collate must batch them. A sample that is not a
-    dict (``TypeError``), has no ``concepts_key`` (``KeyError``) or holds ids outside
-    the vocabulary (``ValueError``) stops the iteration with an error.
+    dict (``TypeError``), has no ``concepts_key`` (``KeyError``) or, under DM, holds ids
+    outside the vocabulary (``ValueError``) stops the iteration with an error (FM reads
+    only how many objects a sample has).
 
     **Workers and ranks.** The source shards itself: under DataLoader workers and DDP
     each copy of ``source`` must yield its own share (webdataset's ``split_by_node`` /

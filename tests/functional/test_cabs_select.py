@@ -248,6 +248,14 @@ def test_wrong_types(variant, kwargs):
         cabs_select(rows, variant=variant, **arguments)
 
 
+def test_fm_reads_only_lengths_and_dm_bounds_objects_per_sample():
+    rows = [[0] * 16_385, [1], [2, 2]]
+    assert cabs_select([[7, -3], [1]], 1, "fm").tolist() == [0]  # ids not read
+    assert cabs_select(rows, 2, "fm").tolist() == [0, 2]
+    with pytest.raises(ValueError, match="at most 16384 per sample"):
+        cabs_select(rows, 2, "dm")
+
+
 def test_float_ids_are_refused():
     with pytest.raises(TypeError, match="`concepts` must hold integer concept ids"):
         cabs_select([[0.5], [1]], 1)
