@@ -2,10 +2,12 @@
 
 Under a sharded strategy every rank averages only its own shards of the parameters. A
 checkpoint or an export needs the full average; these helpers assemble it on rank 0's CPU
-through the model's own full-state-dict machinery
-(``torch.distributed.checkpoint.state_dict``), with the average swapped into the model's
-shards, and send a full average back into every rank's shards when a run resumes. Every
-rank must call them (they are collectives).
+and send a full average back into every rank's shards when a run resumes. An average of
+``DTensor`` shards (``fully_shard``, ``ModelParallelStrategy``) is gathered tensor by
+tensor (:func:`gather_dtensors`, :func:`scatter_dtensors`), in the average's own dtype;
+one of FSDP1's flat-parameter views through the model's full-state-dict machinery
+(``torch.distributed.checkpoint.state_dict``) with the average swapped into the model
+(:func:`gather_full`, :func:`scatter_full`). Every rank must call them (collectives).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-__all__ = ["full_state_dict", "gather_full", "is_dtensor", "local_part", "scatter_full"]
+__all__ = [
+    "full_state_dict",
+    "gather_dtensors",
+    "gather_full",
+    "is_dtensor",
+    "local_part",
+    "scatter_dtensors",
+    "scatter_full",
+]
 
 
 def is_dtensor(tensor: torch.Tensor) -> bool:
@@ -46,6 +56,41 @@ def full_state_dict(
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     with averaged():
         return get_model_state_dict(model, options=options)
+
+
+def gather_dtensors(
+    keys: Iterable[str], tensors: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The full tensors of ``DTensor`` shards (others as they are) on rank 0's CPU, by key."""
+    import torch.distributed as dist
+
+    on_rank_zero = dist.get_rank() == 0
+    full = {}
+    for key, tensor in zip(keys, tensors, strict=True):
+        value = tensor.full_tensor() if is_dtensor(tensor) else tensor
+        if on_rank_zero:
+            full[key] = value.detach().cpu().clone()
+    return full
+
+
+@torch.no_grad()
+def scatter_dtensors(
+    keys: Iterable[str], tensors: Iterable[torch.Tensor], full: dict[str, torch.Tensor]
+) -> None:
+    """Write full tensors (rank 0's are used for ``DTensor`` shards) into ``tensors``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    for key, tensor in zip(keys, tensors, strict=True):
+        if not is_dtensor(tensor):
+            tensor.copy_(full[key])
+            continue
+        value = full.get(key)
+        if value is None:  # only rank 0's is read
+            value = torch.empty(tensor.shape, dtype=tensor.dtype)
+        value = value.to(device=tensor.device, dtype=tensor.dtype)
+        tensor.copy_(
+            distribute_tensor(value, tensor.device_mesh, tensor.placements, src_data_rank=0)
+        )
 
 
 def gather_full(

@@ -20,8 +20,10 @@ from typing_extensions import override
 from lightning_plugins.callbacks.averaged_tensors import AveragedTensors, select_paths
 from lightning_plugins.callbacks.ema_sharding import (
     full_state_dict,
+    gather_dtensors,
     gather_full,
     is_dtensor,
+    scatter_dtensors,
     scatter_full,
 )
 from lightning_plugins.callbacks.teacher_view import TeacherView
@@ -80,8 +82,8 @@ class EMATeacher(Callback):
     ``ModelParallelStrategy``) every rank averages its own shards of the parameters: no
     rank ever holds a full copy while training. Checkpoints and :meth:`export` gather the
     full average on rank 0's CPU (:mod:`~lightning_plugins.callbacks.ema_sharding`), as a
-    full-state-dict checkpoint of the model does. DeepSpeed is not supported, nor
-    ``dtype`` under a sharded strategy.
+    full-state-dict checkpoint of the model does. DeepSpeed is not supported, nor ``dtype``
+    with ``FSDPStrategy``'s flat parameters (it works with ``fully_shard``'s DTensors).
 
     **The teacher.** The module gets an attribute ``name`` (default ``pl_module.teacher``,
     DESIGN.md contract 4): a :class:`TeacherView` that runs the module's ``forward`` and
@@ -148,7 +150,7 @@ class EMATeacher(Callback):
             ``dtype``, or a ``name`` that is not a public Python identifier; and when
             fitting starts, for a module without trainable parameters, a module that
             already has an attribute ``name``, DeepSpeed, FSDP without
-            ``use_orig_params``, or ``dtype`` under a sharded strategy.
+            ``use_orig_params``, or ``dtype`` with ``FSDPStrategy``.
 
     Example:
         >>> ema = EMATeacher(decay=0.9999, schedule="warmup", update_every=2, start_step=3)
@@ -200,6 +202,7 @@ class EMATeacher(Callback):
         self._trainer: pl.Trainer | None = None
         self._asked_step = -1  # the optimizer step `should_update` was last asked about
         self._sharded = False
+        self._dtensors = False  # sharded as DTensors (fully_shard), not FSDP1's flat views
 
     @property
     @override
@@ -269,6 +272,8 @@ class EMATeacher(Callback):
             return self._pending
         if self._average is None:
             ema = {}
+        elif self._sharded and self._dtensors:
+            ema = gather_dtensors(self._average.keys, self._average.averages())
         elif self._sharded:
             model = self._trainer.strategy.model
             ema = gather_full(model, self._average.keys, self._average.swapped_in)
@@ -293,7 +298,9 @@ class EMATeacher(Callback):
         state, self._pending = self._pending, None
         if not state["ema"] and not state["num_updates"]:
             return
-        if self._sharded:
+        if self._sharded and self._dtensors:
+            scatter_dtensors(self._average.keys, self._average.averages(), state["ema"])
+        elif self._sharded:
             model = self._trainer.strategy.model
             scatter_full(model, state["ema"], self._average.swapped_in)
         else:
@@ -333,8 +340,12 @@ class EMATeacher(Callback):
         self._sharded = isinstance(strategy, FSDPStrategy | ModelParallelStrategy) or any(
             is_dtensor(p) for p in pl_module.parameters()
         )
-        if self._sharded and self.dtype is not None:
-            raise ValueError("EMATeacher's `dtype` is not supported under sharded strategies.")
+        self._dtensors = any(is_dtensor(p) for p in pl_module.parameters())
+        if self._sharded and not self._dtensors and self.dtype is not None:
+            raise ValueError(
+                "EMATeacher's `dtype` needs DTensor shards under sharded strategies "
+                "(fully_shard, ModelParallelStrategy), not FSDPStrategy's flat parameters."
+            )
         paths = select_paths(pl_module, self.include_buffers)
         if not any(p.requires_grad for p in pl_module.parameters()):
             raise ValueError(
@@ -490,9 +501,10 @@ class EMATeacher(Callback):
                 f"EMATeacher `{self.name}` was never updated: exporting the live weights."
             )
         trainer = self._trainer
-        if self._sharded:
-            swap = average.swapped_in if self.updated else contextlib.nullcontext
-            state = full_state_dict(trainer.strategy.model, swap)
+        if self._sharded:  # the live weights, then the averaged ones, gathered on rank 0
+            state = full_state_dict(trainer.strategy.model)
+            if self.updated:
+                state.update(self.state_dict()["ema"])
         else:
             state = {k: v.detach().cpu().clone() for k, v in average.module.state_dict().items()}
             if self.updated:

@@ -744,10 +744,12 @@ class Sharded(Tiny):
         fully_shard(self, mesh=mesh)
 
 
-def model_parallel_fit(root, strategy="auto", devices=1):
+def model_parallel_fit(root, strategy="auto", devices=1, **ema_kwargs):
     torch.manual_seed(0)
-    ema = EMATeacher(decay=0.8)
+    ema = EMATeacher(decay=0.8, **ema_kwargs)
+    precision = "bf16-true" if "dtype" in ema_kwargs else "32-true"
     trainer = pl.Trainer(
+        precision=precision,
         accelerator="cpu",
         devices=devices,
         strategy=strategy,
@@ -774,12 +776,16 @@ def _model_parallel_fit(root):
     ema, _ = model_parallel_fit(root, ModelParallelStrategy(), devices=2)
     ema.export(os.path.join(root, "ema.pt"))
     shards = [_local(t) for t in ema._average.tensors]
+    # bf16 weights with a float32 average of their shards
+    bf16, _ = model_parallel_fit(root, ModelParallelStrategy(), devices=2, dtype="float32")
+    bf16.export(os.path.join(root, "ema_bf16.pt"))
     return {
         "sharded": ema.sharded,
         "shards_local": sum(t.numel() for t in shards)
         < sum(t.numel() for t in ema._average.tensors),
         "state": ema.state_dict(),  # gathered on rank 0
         "updates": ema.num_updates,
+        "state_bf16": bf16.state_dict(),
     }
 
 
@@ -934,6 +940,13 @@ def test_model_parallel_strategy_on_cpu_averages_shards_like_one_process(distrib
     torch.testing.assert_close(first["state"]["ema"], expected)
     exported = torch.load(root / "model_parallel" / "ema.pt", weights_only=True)
     torch.testing.assert_close({k: exported[k] for k in expected}, expected)
+    # bf16-true weights, float32 average: the same as one process's
+    reference, _ = model_parallel_fit(tmp_path / "bf16", dtype="float32")
+    expected = ema_state(reference)
+    assert all(value.dtype == torch.float32 for value in expected.values())
+    torch.testing.assert_close(first["state_bf16"]["ema"], expected)
+    exported = torch.load(root / "model_parallel" / "ema_bf16.pt", weights_only=True)
+    assert_equal({k: exported[k] for k in expected}, first["state_bf16"]["ema"])
 
 
 # -------------------------------------------------------------------- FSDP
