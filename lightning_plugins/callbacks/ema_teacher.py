@@ -302,7 +302,8 @@ class EMATeacher(Callback):
             scatter_dtensors(self._average.keys, self._average.averages(), state["ema"])
         elif self._sharded:
             model = self._trainer.strategy.model
-            scatter_full(model, state["ema"], self._average.swapped_in)
+            # the loaded values land in the module's tensors: keep them as the average
+            scatter_full(model, state["ema"], lambda: self._average.swapped_in(write_back=True))
         else:
             self._average.load(state["ema"])
 
