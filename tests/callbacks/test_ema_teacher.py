@@ -313,6 +313,10 @@ def test_evaluating_a_checkpoint_in_a_new_trainer_uses_its_average(tmp_path, fn)
         key = "val_loss"
         assert got[key] == expected[key] and as_model[key] == live[key]
         assert got[key] != live[key]
+    if fn == "validate":  # "both": the live weights, then the checkpoint's average
+        both = _evaluate(tmp_path, Predicting(), path, [EMATeacher(validate_with="both")], fn)
+        assert both["val_loss"] == live["val_loss"]
+        assert both["val_loss_teacher"] == expected["val_loss"]
 
 
 class LazyStatistic(nn.Module):
