@@ -191,7 +191,7 @@ class _Occurrences(NamedTuple):
     """The super-batch's concept occurrences by sample (CSR) and by concept (inverted)."""
 
     flat: np.ndarray  # dense concept id of each occurrence, samples in order
-    starts: np.ndarray  # [num_samples + 1] CSR offsets into `flat`
+    lengths: np.ndarray  # [num_samples] occurrences of each sample
     holder: np.ndarray  # sample of each occurrence, grouped by concept, samples ascending
     multiplicity: np.ndarray  # copies of its concept in its sample, for each of `holder`
     concept_start: np.ndarray  # [K + 1] CSR offsets into `holder`
@@ -251,7 +251,7 @@ def _occurrences(ids: np.ndarray, starts: np.ndarray) -> _Occurrences:
     repeated = np.flatnonzero(multiplicity > 1)
     return _Occurrences(
         flat,
-        starts,
+        lengths,
         holder,
         multiplicity,
         concept_start,
@@ -297,7 +297,7 @@ class _GreedyState:
         cap: int | None,
     ) -> None:
         self.occurrences = occ = _occurrences(ids, offsets)
-        lengths = np.diff(offsets)
+        lengths = occ.lengths
         if lengths.size and lengths.max() > _MAX_OBJECTS:
             raise ValueError(
                 f"`concepts` holds a sample with {lengths.max()} objects; DM handles at most "
@@ -321,7 +321,6 @@ class _GreedyState:
         self.starts, self.flat = offsets.tolist(), occ.flat.tolist()  # rows for the pick loop
         self.rank = np.empty(order.size, dtype=np.int64)
         self.rank[order] = np.arange(order.size)
-        self.lengths = lengths
         self.cap = self.step = np.inf if cap is None else float(cap)
         self.need = (lengths > 0).astype(np.int64)
         np.maximum.at(self.need, occ.holder[occ.repeated], occ.multiplicity[occ.repeated])
@@ -420,7 +419,7 @@ class _GreedyState:
         holder = occ.holder[_ranges(begin, end)]
         np.add.at(self.sums, holder, np.repeat(delta, end - begin))
         holder = holder[self.keys[holder] > _PICKED]
-        self.keys[holder] = _keys(self.sums[holder], self.lengths[holder])
+        self.keys[holder] = _keys(self.sums[holder], self.occurrences.lengths[holder])
 
 
 def _greedy_dm(state: _GreedyState, batch_size: int) -> list[int]:
