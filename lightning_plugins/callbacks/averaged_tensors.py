@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from lightning_plugins.callbacks.ema_sharding import local_part
+from lightning_plugins.callbacks.ema_sharding import is_dtensor, local_part
 from lightning_plugins.functional.ema import ema_update_
 
 __all__ = ["AveragedTensors"]
@@ -63,6 +63,7 @@ class AveragedTensors:
         paths: attribute paths of the tensors in ``module``.
         device: where to keep the average; ``None``: with the tensors.
         dtype: the floating-point dtype of the average; ``None``: the tensors' own.
+        sharded: whether ``module`` is sharded across ranks (each rank averages its shards).
 
     Example:
         >>> net = nn.Linear(2, 1, bias=False)
@@ -83,8 +84,10 @@ class AveragedTensors:
         paths: list[str],
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        sharded: bool = False,
     ) -> None:
         self.module = module
+        self.sharded = sharded
         self.paths = paths
         self.keys = [_clean_name(path) for path in paths]  # names in the state dict
         self._owners = []
@@ -94,6 +97,8 @@ class AveragedTensors:
         self.device = device
         self.dtype = dtype
         self.tensors = [self._copy(t) for t in self.live()]
+        # sharded as DTensors (fully_shard, ModelParallelStrategy), not as FSDP1's flat views
+        self.dtensors = any(is_dtensor(t) for t in self.tensors)
         self._stash: list[torch.Tensor | None] | None = None  # set while swapped in
 
     def _copy(self, tensor: torch.Tensor) -> torch.Tensor:

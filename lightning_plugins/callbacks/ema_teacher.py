@@ -201,8 +201,6 @@ class EMATeacher(Callback):
         self._pending: dict[str, Any] | None = None  # a checkpoint's state, before the average
         self._trainer: pl.Trainer | None = None
         self._asked_step = -1  # the optimizer step `should_update` was last asked about
-        self._sharded = False
-        self._dtensors = False  # sharded as DTensors (fully_shard), not FSDP1's flat views
 
     @property
     @override
@@ -250,7 +248,7 @@ class EMATeacher(Callback):
     @property
     def sharded(self) -> bool:
         """Whether the average is kept as per-rank shards (FSDP)."""
-        return self._sharded
+        return self._average is not None and self._average.sharded
 
     def named_averages(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(attribute path in the module, averaged tensor in the live tensor's dtype)``."""
@@ -272,9 +270,9 @@ class EMATeacher(Callback):
             return self._pending
         if self._average is None:
             ema = {}
-        elif self._sharded and self._dtensors:
+        elif self._average.dtensors:
             ema = gather_dtensors(self._average.keys, self._average.averages())
-        elif self._sharded:
+        elif self._average.sharded:
             model = self._trainer.strategy.model
             ema = gather_full(model, self._average.keys, self._average.swapped_in)
         else:
@@ -298,9 +296,9 @@ class EMATeacher(Callback):
         state, self._pending = self._pending, None
         if not state["ema"] and not state["num_updates"]:
             return
-        if self._sharded and self._dtensors:
+        if self._average.dtensors:
             scatter_dtensors(self._average.keys, self._average.averages(), state["ema"])
-        elif self._sharded:
+        elif self._average.sharded:
             model = self._trainer.strategy.model
             # the loaded values land in the module's tensors: keep them as the average
             scatter_full(model, state["ema"], lambda: self._average.swapped_in(write_back=True))
@@ -338,11 +336,9 @@ class EMATeacher(Callback):
 
     def _create(self, pl_module: pl.LightningModule, new_run: bool) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None
-        self._sharded = isinstance(strategy, FSDPStrategy | ModelParallelStrategy) or any(
-            is_dtensor(p) for p in pl_module.parameters()
-        )
-        self._dtensors = any(is_dtensor(p) for p in pl_module.parameters())
-        if self._sharded and not self._dtensors and self.dtype is not None:
+        dtensors = any(is_dtensor(p) for p in pl_module.parameters())
+        sharded = dtensors or isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
+        if sharded and not dtensors and self.dtype is not None:
             raise ValueError(
                 "EMATeacher's `dtype` needs DTensor shards under sharded strategies "
                 "(fully_shard, ModelParallelStrategy), not FSDPStrategy's flat parameters."
@@ -360,10 +356,10 @@ class EMATeacher(Callback):
             )
         if new_run:  # a new module starts a new average
             self.num_updates = self.last_update_step = 0
-        self._average = AveragedTensors(pl_module, paths, self.device, self.dtype)
+        self._average = AveragedTensors(pl_module, paths, self.device, self.dtype, sharded)
         rank_zero_info(
             f"EMATeacher `{self.name}`: averaging {len(paths)} tensors "
-            f"({self._average.nbytes / 2**20:.1f} MiB{' per rank' if self._sharded else ''})."
+            f"({self._average.nbytes / 2**20:.1f} MiB{' per rank' if sharded else ''})."
         )
 
     # --------------------------------------------------------------- training
@@ -476,7 +472,7 @@ class EMATeacher(Callback):
             return
         # written while the average is swapped in (during validation): the module's
         # state dict holds the average; put the live weights back
-        if self._sharded:
+        if self.sharded:
             raise RuntimeError(
                 "A checkpoint was written during validation while EMATeacher had the average "
                 "swapped in; under sharded strategies its live weights cannot be restored. "
@@ -502,7 +498,7 @@ class EMATeacher(Callback):
                 f"EMATeacher `{self.name}` was never updated: exporting the live weights."
             )
         trainer = self._trainer
-        if self._sharded:  # the live weights, then the averaged ones, gathered on rank 0
+        if self.sharded:  # the live weights, then the averaged ones, gathered on rank 0
             state = full_state_dict(trainer.strategy.model)
             if self.updated:
                 state.update(self.state_dict()["ema"])
