@@ -103,8 +103,12 @@ class EMATeacher(Callback):
     (moved by ``trainer.strategy.batch_to_device``) ``trainer.strategy.validation_step`` —
     the strategy's precision context (autocast of ``"bf16-mixed"``) and forward
     redirection (DDP, FSDP) included — and ``on_validation_epoch_end``, with every name
-    the module logs meanwhile suffixed by ``"_" + name`` (``val/loss_teacher``); it doubles
-    the validation time. ``trainer.test`` and ``trainer.predict`` use the average unless
+    the module logs meanwhile suffixed by ``"_" + name`` (``val/loss_teacher``; Lightning
+    has no public way to rename what a module logs, so the module's ``log`` is shadowed
+    for this pass only); it doubles the validation time. The pass reads the loaders
+    itself, not through the validation loop (whose hooks would run twice for every other
+    callback): a loader with persistent workers, whose one iterator the loop holds, is
+    read through a fresh loader over the same dataset and batch sampler. ``trainer.test`` and ``trainer.predict`` use the average unless
     ``validate_with="model"``. So do ``trainer.validate``, ``test`` and ``predict`` in a
     new Trainer with ``ckpt_path``: the average comes from the checkpoint's callback
     state (Lightning issue #20545).
@@ -119,7 +123,7 @@ class EMATeacher(Callback):
     instances (say two decays) coexist when their ``name`` differs. :meth:`export` writes
     the averaged weights as a plain state dict of the module.
 
-    The callback has more than 15 attributes, and about 330 lines of code, because it keeps
+    The callback has 17 attributes, and about 350 lines of code, because it keeps
     its ten arguments as given (LightningCLI and ``state_key`` read them) besides its state
     (the average, the counters, the resolved schedule, a checkpoint's state waiting for the
     module, the Trainer), and has hooks for fit, validate, test and predict; the mechanics
