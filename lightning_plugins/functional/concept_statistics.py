@@ -45,8 +45,8 @@ def concept_histogram(concepts: torch.Tensor, num_concepts: int) -> torch.Tensor
         or concepts.dtype.is_complex
         or concepts.dtype == torch.bool
     ):
-        got = f"dtype {concepts.dtype}" if isinstance(concepts, torch.Tensor) else "a "
-        got += "" if isinstance(concepts, torch.Tensor) else type(concepts).__name__
+        is_tensor = isinstance(concepts, torch.Tensor)
+        got = f"dtype {concepts.dtype}" if is_tensor else f"a {type(concepts).__name__}"
         raise TypeError(f"`concepts` must be {wanted}, got {got}.")
     if concepts.ndim != 2:
         raise ValueError(f"`concepts` must be {wanted}, got shape {tuple(concepts.shape)}.")
