@@ -4,6 +4,7 @@ from lightning_plugins.functional.cabs_select import cabs_select
 from lightning_plugins.functional.clip_loss import clip_loss
 from lightning_plugins.functional.concept_statistics import (
     concept_batch_statistics,
+    concept_counts,
     concept_histogram,
     concept_histogram_statistics,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "cabs_select",
     "clip_loss",
     "concept_batch_statistics",
+    "concept_counts",
     "concept_histogram",
     "concept_histogram_statistics",
     "constant_schedule",
