@@ -108,7 +108,8 @@ class EMATeacher(Callback):
     for this pass only); it doubles the validation time. The pass reads the loaders
     itself, not through the validation loop (whose hooks would run twice for every other
     callback): a loader with persistent workers, whose one iterator the loop holds, is
-    read through a fresh loader over the same dataset and batch sampler. ``trainer.test`` and ``trainer.predict`` use the average unless
+    read through a fresh loader over the same dataset and batch sampler.
+    ``trainer.test`` and ``trainer.predict`` use the average unless
     ``validate_with="model"``. So do ``trainer.validate``, ``test`` and ``predict`` in a
     new Trainer with ``ckpt_path``: the average comes from the checkpoint's callback
     state (Lightning issue #20545).
@@ -292,9 +293,10 @@ class EMATeacher(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_updates = int(state_dict["num_updates"])
         self.last_update_step = int(state_dict["last_update_step"])
-        self._pending = state_dict  # applied to the average now, or once it exists
-        if self._average is not None:
-            self._apply_pending()
+        self._pending = state_dict  # applied to the module's average now, or once it exists
+        module = getattr(self._trainer, "lightning_module", None)
+        if self._average is not None and module in (None, self._average.module):
+            self._apply_pending()  # restored after on_fit_start (sharded strategies)
 
     def _apply_pending(self) -> None:
         state, self._pending = self._pending, None

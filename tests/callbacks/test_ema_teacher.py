@@ -502,6 +502,18 @@ def test_kill_and_resume_mid_epoch_continues_exactly(uninterrupted, tmp_path):
         assert_equal(ema_state(mine), ema_state(theirs))
 
 
+def test_a_callback_fitted_before_resumes_a_new_module_from_a_checkpoint(uninterrupted, tmp_path):
+    """The checkpoint's average goes to the new module's average, not to the old one's."""
+    full, full_callbacks, root = uninterrupted
+    callbacks = two_teachers()
+    fit(tmp_path / "before", callbacks, max_steps=2)  # fitted on another module first
+    resumed, _ = fit(tmp_path, callbacks, max_steps=8, ckpt_path=root / "epoch=0-step=3.ckpt")
+    assert_equal(live_state(resumed), live_state(full))
+    for mine, theirs in zip(callbacks, full_callbacks, strict=True):
+        assert mine.num_updates == theirs.num_updates
+        assert_equal(ema_state(mine), ema_state(theirs))
+
+
 class SaveDuringValidation(Callback):
     def __init__(self, path) -> None:
         self.path = path
