@@ -135,7 +135,9 @@ def check_bool(value: Any, name: str) -> bool:
     if type(value).__name__ == "bool_":  # numpy.bool_
         value = bool(value)
     if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r} ({_type_name(value)}).")
+        raise TypeError(
+            f"`{name}` must be a bool (True or False), got {value!r} ({_type_name(value)})."
+        )
     return value
 
 

@@ -131,7 +131,11 @@ def test_differs_from_clip_loss_and_repr() -> None:
     [
         ({"frozen": "audio"}, ValueError, r"`frozen` must be one of \('text', 'image'\)"),
         ({"frozen": "Text"}, ValueError, r"got 'Text'"),
-        ({"symmetric_soft": "yes"}, TypeError, r"`symmetric_soft` must be a bool .*got .yes. \(str\)"),
+        (
+            {"symmetric_soft": "yes"},
+            TypeError,
+            r"`symmetric_soft` must be a bool .*\(str\)",
+        ),
     ],
 )
 def test_bad_construction_raises(kwargs, error, match) -> None:
