@@ -289,3 +289,55 @@ def check_top_k(top_k: Any, name: str = "top_k") -> tuple[int, ...]:
     if len(top_k) == 0:
         raise ValueError(f"`{name}` must hold at least one K, got {tuple(top_k)}.")
     return tuple(check_int(k, f"{name}[{i}]", low=1) for i, k in enumerate(top_k))
+
+
+def check_resume_state(
+    state: Any, what: str, config: dict[str, Any], required: Collection[str]
+) -> None:
+    """Check that a saved ``state`` fits the sampler / dataset ``what`` configured as ``config``.
+
+    ``state`` must be a dict holding the keys ``required``; its ``"config"`` (primitives
+    saved by ``state_dict``) must equal ``config`` field by field. A state saved without a
+    ``"config"`` (older checkpoints) is not compared. Raises ``ValueError`` naming every
+    differing field with the saved and the current value.
+
+    Example:
+        >>> check_resume_state({"config": {"size": 8}, "yielded": 3}, "ShuffleSampler",
+        ...                    {"size": 8}, ["yielded"])
+        >>> check_resume_state({"config": {"size": 8}, "yielded": 3}, "ShuffleSampler",
+        ...                    {"size": 9}, ["yielded"])
+        Traceback (most recent call last):
+        ...
+        ValueError: Cannot resume ShuffleSampler from this state: it was saved with size=8, but this one has size=9. Resume with the same settings, or start the epoch afresh (from an end-of-epoch checkpoint, or without the loader's state).
+    """  # noqa: E501
+    advice = (
+        "Resume with the same settings, or start the epoch afresh (from an end-of-epoch "
+        "checkpoint, or without the loader's state)."
+    )
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"Cannot resume {what} from the state {state!r} ({_type_name(state)}): the "
+            f"checkpoint's loader held no {what} state, so it was saved with another sampler "
+            f"or dataset (e.g. another `sampling`). {advice}"
+        )
+    missing = [key for key in required if key not in state]
+    saved = state.get("config")
+    if missing or (
+        saved is not None and saved.get("kind", config.get("kind")) != config.get("kind")
+    ):
+        kind = "" if not isinstance(saved, dict) else f" (saved by {saved.get('kind')!r})"
+        raise ValueError(
+            f"Cannot resume {what} from a state with keys {sorted(map(str, state))}{kind}; it "
+            f"needs {sorted(required)}: the checkpoint was saved with another sampler or "
+            f"dataset (e.g. another `sampling`). {advice}"
+        )
+    if saved is None:
+        return
+    differing = [key for key in config if key in saved and saved[key] != config[key]]
+    if differing:
+        before = ", ".join(f"{key}={saved[key]!r}" for key in differing)
+        now = ", ".join(f"{key}={config[key]!r}" for key in differing)
+        raise ValueError(
+            f"Cannot resume {what} from this state: it was saved with {before}, but this one "
+            f"has {now}. {advice}"
+        )
