@@ -341,3 +341,101 @@ def check_resume_state(
             f"Cannot resume {what} from this state: it was saved with {before}, but this one "
             f"has {now}. {advice}"
         )
+
+
+def check_template_fields(templates: Any, name: str = "templates") -> None:
+    """Raise ``ValueError`` unless each template has exactly one empty ``{}`` field.
+
+    ``"a {} and a {}"`` or ``"a {name}"`` would fail inside ``str.format`` with an
+    ``IndexError`` / ``KeyError`` that names no template.
+
+    Example:
+        >>> check_template_fields(["a photo of a {}."])
+        >>> check_template_fields(["a {} by a {}."])
+        Traceback (most recent call last):
+        ...
+        ValueError: `templates` entry 'a {} by a {}.' must hold exactly one '{}' for the ...
+    """
+    import string
+
+    for template in templates:
+        if not isinstance(template, str):
+            continue  # the type is the caller's check
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(template)]
+        except ValueError as err:  # an unmatched brace
+            raise ValueError(
+                f"`{name}` entry {template!r} is no valid format string ({err}); write one "
+                "'{}' for the class name and '{{' / '}}' for literal braces."
+            ) from err
+        fields = [field for field in fields if field is not None]
+        if fields != [""]:
+            raise ValueError(
+                f"`{name}` entry {template!r} must hold exactly one '{{}}' for the class name, "
+                f"got {len(fields)} field{'s' if len(fields) != 1 else ''}"
+                f"{'' if all(f == '' for f in fields) else f' {fields}'}."
+            )
+
+
+def check_checkpoint_file(path: Any, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``path`` is a complete checkpoint file.
+
+    Cheap: reads the file's size and its index only (a ``torch.save`` zip archive's
+    central directory, a safetensors header), not the tensors. An empty file, a truncated
+    archive (its directory sits at the end) and a file that is neither format are caught;
+    damage inside a complete archive is found when the file is loaded.
+
+    Example:
+        >>> check_checkpoint_file("no/such/file.ckpt", "ckpt_path")
+        Traceback (most recent call last):
+        ...
+        ValueError: `ckpt_path`='no/such/file.ckpt' is not an existing file.
+    """
+    import json
+    import os
+    import zipfile
+
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"`{name}` must be a path, got {path!r} ({_type_name(path)}).")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"`{name}`={path!r} is not an existing file.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"`{name}`={path!r} is an empty file (0 bytes), not a checkpoint.")
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if path.endswith(".safetensors"):
+        header_size = int.from_bytes(head, "little") if len(head) == 8 else size
+        try:
+            with open(path, "rb") as file:
+                file.seek(8)
+                header = json.loads(file.read(header_size)) if 8 + header_size <= size else None
+            end = max(
+                (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            header = None
+        if header is None or 8 + header_size + end > size:
+            raise ValueError(
+                f"`{name}`={path!r} is no complete safetensors file ({size} bytes): it is "
+                "truncated or corrupt."
+            )
+        return
+    if path.endswith(".npy") or head.startswith(b"\x80"):  # numpy array, legacy torch pickle
+        return
+    problem = ""
+    if not zipfile.is_zipfile(path):
+        problem = "it is truncated or corrupt (no complete zip archive, as torch.save writes)"
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            names, problem = [], f"its archive is corrupt ({err})"
+        if not problem and not path.endswith(".npz"):
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+                problem = "the zip archive holds no torch.save data (no data.pkl)"
+    if problem:
+        raise ValueError(f"`{name}`={path!r} is no readable checkpoint ({size} bytes): {problem}.")
