@@ -439,3 +439,148 @@ def check_checkpoint_file(path: Any, name: str) -> None:
                 problem = "the zip archive holds no torch.save data (no data.pkl)"
     if problem:
         raise ValueError(f"`{name}`={path!r} is no readable checkpoint ({size} bytes): {problem}.")
+
+
+def check_feature_dtypes(**features: torch.Tensor | None) -> None:
+    """Raise ``TypeError`` unless the given feature tensors share one floating-point dtype.
+
+    ``None`` entries are skipped. Mixed dtypes would be promoted silently by some
+    operations and fail inside a matrix product in others.
+
+    Example:
+        >>> check_feature_dtypes(image_features=torch.ones(2, 3), text_features=torch.ones(2, 3))
+        >>> check_feature_dtypes(image_features=torch.ones(2, 3),
+        ...                      text_features=torch.ones(2, 3, dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        TypeError: `image_features` and `text_features` must share one dtype, got ...
+    """
+    given = {name: tensor for name, tensor in features.items() if tensor is not None}
+    for name, tensor in given.items():
+        if not tensor.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {tensor.dtype}.")
+    if len({tensor.dtype for tensor in given.values()}) > 1:
+        names = " and ".join(f"`{name}`" for name in given)
+        dtypes = " and ".join(str(tensor.dtype) for tensor in given.values())
+        raise TypeError(f"{names} must share one dtype, got {dtypes}.")
+
+
+def check_logit_scalar(
+    value: Any, name: str, features: torch.Tensor, *, positive: bool
+) -> torch.Tensor | float:
+    """Return a logit scale or bias as a ``float`` or a 0-d tensor, checking what is free.
+
+    A number must be finite (and above 0 when ``positive``); it is checked here. A tensor
+    must hold one element (a 0-d or 1-element tensor: more would broadcast over the
+    logits), be floating point and not less precise than ``features`` (a float32 scale
+    with half-precision features, as under autocast, is fine); it comes back as a 0-d view.
+    Its value is checked with the loss, by :func:`check_finite_loss`, so the common path
+    adds no host sync.
+
+    Example:
+        >>> check_logit_scalar(10, "logit_scale", torch.ones(2, 2), positive=True)
+        10.0
+        >>> check_logit_scalar(torch.ones(1), "logit_scale", torch.ones(2, 2), positive=True)
+        tensor(1.)
+        >>> check_logit_scalar(torch.ones(3), "logit_scale", torch.ones(2, 2), positive=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: `logit_scale` must be a scalar (...), got a tensor of shape (3,).
+        >>> check_logit_scalar(-1.0, "logit_scale", torch.ones(2, 2), positive=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: `logit_scale` must be a finite number in (0, inf), got -1.0.
+    """
+    if not isinstance(value, torch.Tensor):
+        if positive:
+            return check_float(value, name, low=0, low_open=True)
+        return check_float(value, name)
+    if value.numel() != 1:
+        raise ValueError(
+            f"`{name}` must be a scalar (a number, or a 0-d or 1-element tensor), got a "
+            f"tensor of shape {tuple(value.shape)}."
+        )
+    if not value.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a number or a floating-point tensor, got a tensor of dtype "
+            f"{value.dtype}."
+        )
+    if torch.promote_types(value.dtype, features.dtype) != value.dtype:
+        raise TypeError(
+            f"`{name}` of dtype {value.dtype} is less precise than the features "
+            f"({features.dtype}); pass it in {features.dtype} or wider (float32 with "
+            "half-precision features, as autocast keeps it)."
+        )
+    return value.reshape(())
+
+
+def check_finite_loss(
+    loss: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None = None,
+    **inputs: torch.Tensor | None,
+) -> torch.Tensor:
+    """Return ``loss``; raise ``ValueError`` if it, ``logit_scale`` or ``logit_bias`` is bad.
+
+    One host sync covers the loss being finite, the tensor ``logit_scale`` being finite and
+    positive and the tensor ``logit_bias`` being finite (numbers were checked by
+    :func:`check_logit_scalar`). Only on failure are the ``inputs`` searched, by
+    :func:`explain_non_finite`, for the one at fault: the finite path makes no pass over
+    the features.
+
+    Example:
+        >>> check_finite_loss(torch.tensor(0.5), torch.tensor(10.0))
+        tensor(0.5000)
+        >>> check_finite_loss(torch.tensor(0.5), torch.tensor(-1.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: `logit_scale` must be finite and positive (the exponentiated scale), got -1.
+    """
+    ok = torch.isfinite(loss).all()
+    scale_tensor = isinstance(logit_scale, torch.Tensor)
+    bias_tensor = isinstance(logit_bias, torch.Tensor)
+    if scale_tensor:
+        ok = ok & torch.isfinite(logit_scale).all() & (logit_scale > 0).all()
+    if bias_tensor:
+        ok = ok & torch.isfinite(logit_bias).all()
+    if bool(ok):
+        return loss
+    if scale_tensor:
+        scale = float(logit_scale.detach().reshape(-1)[0])
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                "`logit_scale` must be finite and positive (the exponentiated scale), got "
+                f"{scale:g}."
+            )
+    if bias_tensor:
+        bias = float(logit_bias.detach().reshape(-1)[0])
+        if not math.isfinite(bias):
+            raise ValueError(f"`logit_bias` must be finite, got {bias:g}.")
+    explain_non_finite("loss", **inputs)
+    return loss  # unreachable: explain_non_finite always raises
+
+
+def check_scored_rows(num_local: int, num_scored: int, reduction: str) -> None:
+    """Raise ``ValueError`` for a contrastive loss with nothing to contrast.
+
+    ``num_scored`` rows are scored against (the global batch): one pair alone has no
+    negatives, so the loss would be a constant 0. ``num_local`` rows of this process may
+    be 0 (another rank holds the batch), unless ``reduction="mean"`` asks for their mean.
+
+    Example:
+        >>> check_scored_rows(1, 4, "mean")
+        >>> check_scored_rows(1, 1, "mean")
+        Traceback (most recent call last):
+        ...
+        ValueError: A contrastive loss needs at least 2 image-text pairs to score against ...
+    """
+    if num_scored < 2:
+        raise ValueError(
+            "A contrastive loss needs at least 2 image-text pairs to score against (one pair "
+            f"has no negatives), got {num_scored}."
+        )
+    if num_local == 0 and reduction == "mean":
+        raise ValueError(
+            "`image_features` holds no rows, and the mean loss of no rows is undefined; "
+            "use reduction='sum' or 'none' for a process without local rows."
+        )
