@@ -2,16 +2,116 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+import os
+from typing import Any
+
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 # Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes).
 import lightning_plugins.callbacks
 import lightning_plugins.datamodules
 import lightning_plugins.losses
 import lightning_plugins.modules  # noqa: F401
+from lightning_plugins.functional._checks import check_checkpoint_file
 
-__all__ = ["main"]
+__all__ = ["SaveConfigKeepingInputs", "main"]
+
+# the first line of every config this command saves: a file with it may be overwritten
+SAVED_CONFIG_HEADER = "# Saved by lightning-plugins; the next run into this folder replaces it.\n"
+# `ckpt_path` values that name no file (Lightning resolves them)
+_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+class SaveConfigKeepingInputs(SaveConfigCallback):
+    """Lightning's ``SaveConfigCallback`` that never overwrites a file a user wrote.
+
+    The config goes where Lightning puts it (``config.yaml`` in the logger's folder, or in
+    ``default_root_dir`` without a logger). It replaces a file there only if this command
+    saved that file itself (its first line is :data:`SAVED_CONFIG_HEADER`) and it is none
+    of the ``--config`` files of this run. Otherwise (say ``--trainer.logger=false`` run in
+    the folder that holds the user's ``config.yaml``) it is saved under the first free name
+    ``config-1.yaml``, ``config-2.yaml``, ..., with a warning naming it.
+    """
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # this broadcasts the directory
+        if trainer.is_global_zero:
+            fs = get_filesystem(log_dir)
+            fs.makedirs(log_dir, exist_ok=True)
+            path = self._free_path(fs, log_dir)
+            wanted = os.path.join(log_dir, self.config_filename)
+            if path != wanted:
+                why = "a --config file" if self._is_input(wanted) else "not written by this command"
+                rank_zero_warn(
+                    f"{wanted} is {why}; the config of this run is saved as {path} instead."
+                )
+            text = self.parser.dump(self.config, skip_none=False)
+            with fs.open(path, "w") as file:
+                file.write(SAVED_CONFIG_HEADER + text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        # broadcast so that all ranks are in sync on future calls to .setup()
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def _inputs(self) -> list[str]:
+        paths = self.config.get("config") or []
+        return [os.path.realpath(getattr(p, "absolute", None) or str(p)) for p in paths]
+
+    def _is_input(self, path: str) -> bool:
+        return "://" not in path and os.path.realpath(path) in self._inputs()
+
+    def _may_write(self, fs: Any, path: str) -> bool:
+        if self._is_input(path):
+            return False
+        if not fs.isfile(path):
+            return True
+        with fs.open(path, "r") as file:
+            return file.readline() == SAVED_CONFIG_HEADER
+
+    def _free_path(self, fs: Any, log_dir: str) -> str:
+        stem, suffix = os.path.splitext(self.config_filename)
+        path = os.path.join(log_dir, self.config_filename)
+        number = 0
+        while not self._may_write(fs, path):
+            number += 1
+            path = os.path.join(log_dir, f"{stem}-{number}{suffix}")
+        return path
+
+
+class _CLI(LightningCLI):
+    """LightningCLI that checks ``ckpt_path`` as soon as the arguments are parsed.
+
+    (Lightning reads the checkpoint's hyperparameters right after parsing, where a bad file
+    fails inside ``torch.load`` without naming the argument.)
+    """
+
+    @override
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            _check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
+
+def _check_ckpt_path(ckpt_path: Any) -> None:
+    """Raise ``ValueError`` naming ``ckpt_path`` unless it is a readable checkpoint file.
+
+    Lightning's keywords (``"last"``, ``"best"``, ...), remote paths and folders (sharded
+    checkpoints) are left to Lightning.
+    """
+    if ckpt_path is None or ckpt_path in _CKPT_KEYWORDS:
+        return
+    ckpt_path = str(ckpt_path)
+    if "://" in ckpt_path or ckpt_path.startswith("registry:") or os.path.isdir(ckpt_path):
+        return
+    check_checkpoint_file(ckpt_path, "ckpt_path")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -21,6 +121,11 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     ``--data SyntheticShapes`` or a full class path), and any callback goes under
     ``trainer.callbacks``. Optimizer and scheduler are arguments of the module.
 
+    The config of a run is saved as Lightning does (``config.yaml`` in the log folder), but
+    never over a file the user wrote: see :class:`SaveConfigKeepingInputs`. A
+    ``--ckpt_path`` file is checked before the run starts (an empty, truncated or
+    non-checkpoint file raises ``ValueError`` naming it).
+
     Args:
         args: arguments instead of ``sys.argv``.
         run: run the subcommand (``False`` only parses and instantiates).
@@ -28,19 +133,23 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     Returns:
         The ``LightningCLI`` object, with ``model``, ``datamodule`` and ``trainer``.
 
+    Raises:
+        ValueError: for a ``ckpt_path`` that is no readable checkpoint file, and for any
+            bad argument of a module, datamodule or callback (raised by its class).
+
     Example:
         >>> cli = main(["--model=CLIP", "--model.model_name=ViT-Micro-P8-32",
         ...             "--data=SyntheticShapes", "--trainer.logger=false"], run=False)
         >>> type(cli.model).__name__, type(cli.datamodule).__name__
         ('CLIP', 'SyntheticShapes')
     """
-    return LightningCLI(
+    return _CLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=SaveConfigKeepingInputs,
         args=args,
         run=run,
     )
