@@ -11,6 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_plugins.datamodules.shard_samples import read_shard_sample, tar_groups
 from lightning_plugins.distributed import get_rank, get_world_size
+from lightning_plugins.functional._checks import check_resume_state
 from lightning_plugins.functional.concept_lists import concept_csr
 from lightning_plugins.sampling.epoch_position import EpochPosition
 
@@ -41,6 +42,10 @@ class ImageTextShards(IterableDataset):
 
     ``state_dict`` holds the epoch and the samples handed out in it; after
     ``load_state_dict`` the next iteration skips them (whole shards without opening them).
+    Its ``"config"`` (``kind``, ``shards``, ``samples``, ``shuffle``, ``seed``,
+    ``equalize``, ``num_replicas``) must match: a state saved with other shards or
+    settings, or by another dataset, is refused with a ``ValueError`` naming each
+    difference. A state without ``"config"`` (an earlier version) loads unchecked.
     Without ``equalize`` a consumer may get no shard and yield nothing (fine for
     validation).
 
@@ -163,10 +168,28 @@ class ImageTextShards(IterableDataset):
                     yield sample
             skip = 0
 
+    def config(self) -> dict[str, Any]:
+        """The settings a saved position depends on (primitives)."""
+        return {
+            "kind": type(self).__name__,
+            "shards": len(self.shards),
+            "samples": self.starts[-1],
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "equalize": self.equalize,
+            "num_replicas": self.num_replicas,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """The epoch and how many samples of it were handed out."""
-        return self.position.state_dict()
+        """The epoch, how many samples of it were handed out, and :meth:`config`."""
+        return {**self.position.state_dict(), "config": self.config()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue after the samples already handed out in the saved epoch."""
+        """Continue after the samples already handed out in the saved epoch.
+
+        Raises:
+            ValueError: for a state saved with other shards or settings (see
+                :meth:`config`) or not by an ``ImageTextShards`` (naming each difference).
+        """
+        check_resume_state(state_dict, "ImageTextShards", self.config(), ("epoch", "yielded"))
         self.position.load_state_dict(state_dict)

@@ -43,7 +43,9 @@ def concept_csr(
         ``ids`` (``[total_objects]``) and ``offsets`` (``[num_samples + 1]``).
 
     Raises:
-        TypeError: for an id that is not an integer (per-sample lists).
+        TypeError: for an id that is not an integer (per-sample lists; the message names
+            the sample and the id, which is never truncated) or offsets that are not
+            integers.
         ValueError: for a malformed tensor, offsets that are not a valid partition of
             ``ids``, or an id outside the vocabulary (padding other than ``-1`` included).
 
@@ -63,7 +65,9 @@ def concept_csr(
         try:  # array("q") takes ints and integer scalars, refuses floats and strings
             flat = array.array("q", itertools.chain.from_iterable(concepts))
         except TypeError as err:
-            raise TypeError(f"`{name}` must hold integer concept ids: {err}.") from None
+            raise TypeError(
+                f"`{name}` must hold integer concept ids: {_first_non_integer(concepts, err)}."
+            ) from None
         ids = torch.frombuffer(flat, dtype=torch.long) if flat else torch.zeros(0, dtype=torch.long)
         offsets = torch.zeros(len(concepts) + 1, dtype=torch.long)
         offsets[1:] = torch.tensor([len(row) for row in concepts], dtype=torch.long).cumsum(0)
@@ -86,6 +90,21 @@ def concept_lengths(
     if isinstance(concepts, torch.Tensor) or _is_csr(concepts):
         return concept_csr(concepts, num_concepts, name)[1].diff()
     return torch.tensor([len(row) for row in concepts], dtype=torch.long)
+
+
+def _first_non_integer(concepts: Sequence[Sequence[int]], err: TypeError) -> str:
+    """Which sample holds the first id that is not an integer, and that id (never truncated)."""
+    for row, ids in enumerate(concepts):
+        try:
+            items = list(ids)
+        except TypeError:
+            return f"sample {row} holds {ids!r} ({type(ids).__name__}), not a list of ids"
+        for item in items:
+            try:
+                array.array("q", [item])
+            except TypeError:
+                return f"sample {row} holds {item!r} ({type(item).__name__}), not an integer id"
+    return str(err)  # pragma: no cover - the conversion failed, so some id is bad
 
 
 def _is_csr(concepts: ConceptLists) -> bool:
@@ -143,6 +162,11 @@ def _from_csr(
         raise ValueError(
             f"`{name}` as CSR arrays must be 1-D integer `(ids, offsets)`, got shapes "
             f"{tuple(ids.shape)} and {tuple(offsets.shape)} with dtype {ids.dtype}."
+        )
+    if offsets.dtype.is_floating_point or offsets.dtype.is_complex or offsets.dtype == torch.bool:
+        raise TypeError(
+            f"`{name}` offsets must be integers, got dtype {offsets.dtype} "
+            f"({offsets.tolist()[:8]}); they are never rounded."
         )
     offsets = offsets.to("cpu", torch.long)
     if (

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
 
-from lightning_plugins.functional._checks import check_int, check_length
+from lightning_plugins.functional._checks import check_int, check_length, check_resume_state
 from lightning_plugins.functional.cabs_select import (
     cabs_generator,
     cabs_select,
@@ -58,7 +58,13 @@ class ConceptAwareBatchSampler(BatchSampler):
 
     ``state_dict()`` holds the epoch, the batches already yielded and the current
     targets; torchdata's ``StatefulDataLoader`` stores it in checkpoints, and a resumed
-    run continues with exactly the batches it would have seen.
+    run continues with exactly the batches it would have seen. The state's ``"config"``
+    holds what the position depends on (``kind``, ``num_samples``, ``batch_size``,
+    ``super_batch_size``, ``num_replicas``, ``seed``, ``num_concepts``); a state saved
+    with other values, or by another sampler, is refused with a ``ValueError`` naming each
+    difference, instead of skipping the wrong batches. ``variant`` and ``cap`` may change
+    between runs (they steer the choice, not the position). A state without ``"config"``
+    (saved by an earlier version) loads unchecked.
 
     Its seventeen attributes are the settings, the annotations (CSR arrays), the world it
     runs in and the position (batches yielded, a pending resume): what ``BatchSampler``,
@@ -261,16 +267,37 @@ class ConceptAwareBatchSampler(BatchSampler):
                 "or `filter_ratio`."
             )
 
+    def config(self) -> dict[str, Any]:
+        """The settings a saved position depends on (primitives)."""
+        return {
+            "kind": type(self).__name__,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "super_batch_size": self.super_batch_size,
+            "num_replicas": self.world()[0],
+            "seed": self.seed,
+            "num_concepts": self.num_concepts,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """The epoch, the batches yielded in it, and the current targets."""
+        """The epoch, the batches yielded in it, the current targets and :meth:`config`."""
         return {
             "epoch": self.epoch,
             "yielded": self._yielded,
             "targets": None if self.targets is None else self.targets.clone(),
+            "config": self.config(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue after the batches already yielded in the saved epoch."""
+        """Continue after the batches already yielded in the saved epoch.
+
+        Raises:
+            ValueError: for a state saved with other settings (see :meth:`config`) or not
+                by a ``ConceptAwareBatchSampler`` (the message names each difference).
+        """
+        check_resume_state(
+            state_dict, "ConceptAwareBatchSampler", self.config(), ("epoch", "yielded")
+        )
         self._resume = (int(state_dict["epoch"]), int(state_dict["yielded"]))
         self.set_epoch(int(state_dict["epoch"]))
         self.set_targets(state_dict.get("targets"))

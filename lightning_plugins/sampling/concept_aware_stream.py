@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_plugins.distributed import get_rank
-from lightning_plugins.functional._checks import check_int, check_length
+from lightning_plugins.functional._checks import check_int, check_length, check_resume_state
 from lightning_plugins.functional.cabs_select import (
     cabs_generator,
     cabs_select,
@@ -68,7 +69,11 @@ class ConceptAwareStream(IterableDataset[Sample]):
     has ``state_dict`` / ``load_state_dict`` (torchdata's ``Stateful``), the state
     includes the source's state at the start of the current super-batch and resuming
     restores the source instead of re-reading it; otherwise the source is iterated
-    from the start and the consumed super-batches are read again and discarded.
+    from the start and the consumed super-batches are read again and discarded. The
+    state's ``"config"`` holds what the position depends on (``kind``, ``batch_size``,
+    ``super_batch_size``, ``seed``, ``num_concepts``); a state saved with other values, or
+    by another dataset, is refused with a ``ValueError`` naming each difference. A state
+    without ``"config"`` (saved by an earlier version) loads unchecked.
 
     **Steering.** :meth:`set_targets` changes the DM targets. It takes effect from the
     next super-batch in this process; DataLoader workers see it when they are started
@@ -268,13 +273,30 @@ class ConceptAwareStream(IterableDataset[Sample]):
                     f"with -1, got dtype {value.dtype} and shape {tuple(value.shape)}."
                 )
             return value[value != -1].tolist()
-        return list(value)
+        ids = list(value)
+        for item in ids:
+            try:  # ints, numpy and 0-d torch integers; never floats (they would be truncated)
+                valid = not isinstance(item, bool) and operator.index(item) is not None
+            except TypeError:
+                valid = False
+            if not valid:
+                raise TypeError(
+                    f"A sample's {self.concepts_key!r} must hold integer concept ids; sample "
+                    f"{sample.get('index', '?')!r} holds {item!r} ({type(item).__name__}), "
+                    "which is never truncated."
+                )
+        return ids
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch, the position in it, the targets and (if stateful) the source's state."""
         targets = None if self.targets is None else self.targets.clone()
         if self._resume is not None:  # loaded, iteration not started yet
-            return {"epoch": self.epoch, **copy.deepcopy(self._resume), "targets": targets}
+            return {
+                "epoch": self.epoch,
+                **copy.deepcopy(self._resume),
+                "targets": targets,
+                "config": self.config(),
+            }
         source_state = None
         if self._source_is_stateful:
             if self._snapshot_at == self._super_batches:
@@ -287,6 +309,17 @@ class ConceptAwareStream(IterableDataset[Sample]):
             "yielded": self._yielded,
             "targets": targets,
             "source": source_state,
+            "config": self.config(),
+        }
+
+    def config(self) -> dict[str, Any]:
+        """The settings a saved position depends on (primitives)."""
+        return {
+            "kind": type(self).__name__,
+            "batch_size": self.batch_size,
+            "super_batch_size": self.super_batch_size,
+            "seed": self.seed,
+            "num_concepts": self.num_concepts,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -294,7 +327,17 @@ class ConceptAwareStream(IterableDataset[Sample]):
 
         The targets apply at once; the next iteration continues the saved epoch after the
         samples already yielded (unless :meth:`set_epoch` selects another epoch first).
+
+        Raises:
+            ValueError: for a state saved with other settings (see :meth:`config`) or not
+                by a ``ConceptAwareStream`` (the message names each difference).
         """
+        check_resume_state(
+            state_dict,
+            "ConceptAwareStream",
+            self.config(),
+            ("epoch", "super_batches", "yielded"),
+        )
         self.epoch = int(state_dict["epoch"])
         if "targets" in state_dict:
             self.set_targets(state_dict["targets"])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from lightning_plugins.functional._checks import check_int
+from lightning_plugins.functional._checks import check_int, check_resume_state
 from lightning_plugins.sampling.epoch_position import EpochPosition
 
 __all__ = ["ShuffleSampler"]
@@ -23,6 +23,12 @@ class ShuffleSampler(Sampler[int]):
     (as for ``DistributedSampler``). ``state_dict`` holds the epoch and the number of
     indices handed out; torchdata's ``StatefulDataLoader`` saves it in checkpoints and
     the next iteration after :meth:`load_state_dict` skips what was already seen.
+
+    The state also holds ``"config"``, the settings the position depends on (``kind``,
+    ``size``, ``seed``): :meth:`load_state_dict` refuses a state saved with other settings
+    or by another sampler (``ValueError`` naming each differing field and both values)
+    instead of skipping the wrong samples. A state without ``"config"`` (saved by an
+    earlier version) loads unchecked.
 
     Args:
         size: number of indices.
@@ -73,10 +79,20 @@ class ShuffleSampler(Sampler[int]):
             self.position.advance()
             yield index
 
+    def config(self) -> dict[str, Any]:
+        """The settings a saved position depends on (primitives)."""
+        return {"kind": type(self).__name__, "size": self.size, "seed": self.seed}
+
     def state_dict(self) -> dict[str, Any]:
-        """The epoch and how many of its indices were handed out."""
-        return self.position.state_dict()
+        """The epoch, how many of its indices were handed out, and :meth:`config`."""
+        return {**self.position.state_dict(), "config": self.config()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue after the indices already handed out in the saved epoch."""
+        """Continue after the indices already handed out in the saved epoch.
+
+        Raises:
+            ValueError: for a state saved with another ``size`` or ``seed``, or not by a
+                ``ShuffleSampler`` (the message names each difference).
+        """
+        check_resume_state(state_dict, "ShuffleSampler", self.config(), ("epoch", "yielded"))
         self.position.load_state_dict(state_dict)

@@ -235,7 +235,7 @@ def test_resume_continues_the_stream(taken):
     it = iter(interrupted)
     head = [next(it)["index"] for _ in range(taken)]
     state = interrupted.state_dict()
-    assert set(state) == {"epoch", "super_batches", "yielded", "targets", "source"}
+    assert set(state) == {"epoch", "super_batches", "yielded", "targets", "source", "config"}
     assert (state["super_batches"], state["yielded"]) == divmod(taken, 3)
     resumed = ConceptAwareStream(samples, batch_size=3, filter_ratio=0.7, seed=5)
     resumed.load_state_dict(state)

@@ -1,0 +1,198 @@
+"""Bad input to the samplers: wrong arguments, and states saved by another configuration."""
+
+import re
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from lightning_plugins.sampling import ConceptAwareBatchSampler, ConceptAwareStream, ShuffleSampler
+
+CONCEPTS = [[i % 5] * (1 + i % 3) for i in range(40)]
+SOURCE = [{"index": i, "concepts": CONCEPTS[i]} for i in range(40)]
+
+
+def cabs(**kwargs):
+    settings = {"concepts": CONCEPTS, "batch_size": 4, "filter_ratio": 0.5, **kwargs}
+    return ConceptAwareBatchSampler(**settings)
+
+
+def stream(**kwargs):
+    settings = {"source": SOURCE, "batch_size": 4, "filter_ratio": 0.5, **kwargs}
+    return ConceptAwareStream(**settings)
+
+
+# ----------------------------------------------------------------- constructor arguments
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: ShuffleSampler(1.5), TypeError, r"`size` must be an integer, got 1\.5"),
+        (lambda: ShuffleSampler("8"), TypeError, r"`size` must be an integer, got '8'"),
+        (lambda: ShuffleSampler(-1), ValueError, r"`size` must be a non-negative.*got -1"),
+        (lambda: ShuffleSampler(8, seed=0.5), TypeError, r"`seed` must be an integer"),
+        (lambda: ShuffleSampler(8, seed=True), TypeError, r"`seed` must be an integer"),
+        (lambda: cabs(batch_size=1.5), TypeError, r"`batch_size` must be an integer"),
+        (lambda: cabs(batch_size=0), ValueError, r"`batch_size` must be a positive"),
+        (lambda: cabs(filter_ratio=1.0), ValueError, r"filter_ratio"),
+        (lambda: cabs(filter_ratio="0.5"), TypeError, r"filter_ratio"),
+        (lambda: cabs(variant="xx"), ValueError, r"variant.*'xx'"),
+        (lambda: cabs(cap=0), ValueError, r"cap"),
+        (lambda: cabs(seed=1.0), TypeError, r"`seed` must be an integer"),
+        (lambda: cabs(num_concepts=0), ValueError, r"`num_concepts` must be a positive"),
+        (lambda: cabs(num_concepts=3), ValueError, r"concept id 4.*\[0, 3\)"),
+        (lambda: cabs(targets=[0.5, 0.5], num_concepts=5), ValueError, r"targets"),
+        (lambda: cabs(batch_size=30), ValueError, r"more than the 40 samples"),
+        (lambda: cabs(num_replicas=2, rank=2), ValueError, r"`rank` must be in"),
+        (lambda: cabs(num_replicas=0), ValueError, r"`num_replicas` must be a positive"),
+        (lambda: cabs(concepts=[[1.5], [2]]), TypeError, r"sample 0.*1\.5"),
+        (lambda: cabs(concepts=[[1], [-2]] * 20), ValueError, r"concept id -2"),
+        (lambda: stream(source=5), TypeError, r"`source` must be an iterable.*int"),
+        (lambda: stream(batch_size=2.0), TypeError, r"`batch_size` must be an integer"),
+        (lambda: stream(batch_size=0), ValueError, r"`batch_size` must be a positive"),
+        (lambda: stream(filter_ratio=-0.1), ValueError, r"filter_ratio"),
+        (lambda: stream(variant="dx"), ValueError, r"variant"),
+        (lambda: stream(seed="0"), TypeError, r"`seed` must be an integer"),
+        (lambda: stream(num_concepts=-1), ValueError, r"`num_concepts` must be a positive"),
+        (lambda: stream(targets=[1.0, 1.0]), ValueError, r"targets"),
+    ],
+)
+def test_constructor_refuses(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+# ----------------------------------------------------------------------- bad samples
+@pytest.mark.parametrize(
+    ("sample", "error", "message"),
+    [
+        ([1, 2], TypeError, r"`source` must yield sample dicts, got a list"),
+        ({"index": 3}, KeyError, r"no concepts under `concepts_key`='concepts'"),
+        (
+            {"index": 3, "concepts": [1.5]},
+            TypeError,
+            r"integer concept ids; sample 3 holds 1\.5 \(float\)",
+        ),
+        ({"index": 3, "concepts": torch.tensor([1.0])}, ValueError, r"1-D integer ids"),
+    ],
+)
+def test_stream_refuses_bad_samples(sample, error, message):
+    source = [*SOURCE[:3], sample, *SOURCE[4:]]
+    with pytest.raises(error, match=message):
+        list(ConceptAwareStream(source, batch_size=4, filter_ratio=0.5, variant="fm"))
+
+
+# ------------------------------------------------- resuming with another configuration
+def _mid_epoch_state(sampler, steps=2):
+    it = iter(sampler)
+    for _ in range(steps):
+        next(it)
+    return sampler.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("saved", "loading", "message"),
+    [
+        (
+            lambda: ShuffleSampler(16, seed=0),
+            lambda: ShuffleSampler(17, seed=0),
+            r"saved with size=16, but this one has size=17\. Resume with the same settings",
+        ),
+        (
+            lambda: ShuffleSampler(16, seed=0),
+            lambda: ShuffleSampler(16, seed=1),
+            r"saved with seed=0, but this one has seed=1",
+        ),
+        (
+            lambda: cabs(batch_size=4),
+            lambda: cabs(batch_size=2),
+            r"saved with batch_size=4, super_batch_size=8, but this one has batch_size=2, "
+            r"super_batch_size=4",
+        ),
+        (
+            lambda: cabs(),
+            lambda: ConceptAwareBatchSampler(CONCEPTS * 2, batch_size=4, filter_ratio=0.5),
+            r"num_samples=40, but this one has num_samples=80",
+        ),
+        (lambda: cabs(), lambda: cabs(num_replicas=2), r"num_replicas=1.*num_replicas=2"),
+        (lambda: cabs(seed=0), lambda: cabs(seed=3), r"seed=0, but this one has seed=3"),
+        (
+            lambda: stream(batch_size=4),
+            lambda: stream(batch_size=3),
+            r"ConceptAwareStream.*batch_size=4, super_batch_size=8, but this one has "
+            r"batch_size=3, super_batch_size=6",
+        ),
+        (lambda: stream(seed=0), lambda: stream(seed=1), r"seed=0, but this one has seed=1"),
+        (
+            lambda: ShuffleSampler(40),
+            lambda: cabs(),
+            r"ConceptAwareBatchSampler from a state with keys .* \(saved by 'ShuffleSampler'\)",
+        ),
+        (
+            lambda: cabs(),
+            lambda: ShuffleSampler(40),
+            r"ShuffleSampler .*saved by 'ConceptAwareBatchSampler'.*another sampler",
+        ),
+        (lambda: ShuffleSampler(40), lambda: stream(), r"needs \['epoch', 'super_batches'"),
+    ],
+)
+def test_resume_with_another_configuration_is_refused(saved, loading, message):
+    state = _mid_epoch_state(saved())
+    sampler = loading()
+    with pytest.raises(ValueError, match=message):
+        sampler.load_state_dict(state)
+
+
+@pytest.mark.parametrize("state", [None, 3, "epoch"])
+def test_resume_from_no_state_is_refused(state):
+    for sampler, name in ((ShuffleSampler(8), "ShuffleSampler"), (cabs(), "ConceptAware")):
+        with pytest.raises(ValueError, match=rf"Cannot resume {name}.*another sampler"):
+            sampler.load_state_dict(state)
+
+
+def test_variant_and_cap_may_change_on_resume():
+    state = _mid_epoch_state(cabs(variant="dm", cap=2))
+    resumed = cabs(variant="fm", cap=None)
+    resumed.load_state_dict(state)
+    assert len(list(resumed)) == len(resumed) - 2
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "cabs", "stream"])
+def test_state_saved_before_the_config_still_loads(kind):
+    """A checkpoint written before states carried ``"config"`` resumes as it did."""
+    build = {"shuffle": lambda: ShuffleSampler(40), "cabs": cabs, "stream": stream}[kind]
+    full = list(build())
+    sampler = build()
+    state = _mid_epoch_state(sampler, steps=3)
+    del state["config"]
+    resumed = build()
+    resumed.load_state_dict(state)
+    assert list(resumed) == full[3:]
+
+
+def test_stateful_dataloader_iid_state_into_cabs_loader_names_the_mismatch():
+    """The checkpoint of ``sampling: iid`` loaded into a CABS loader (and the reverse)."""
+    dataset = list(range(40))
+    iid = StatefulDataLoader(dataset, batch_size=4, sampler=ShuffleSampler(40))
+    it = iter(iid)
+    next(it)
+    cabs_loader = StatefulDataLoader(dataset, batch_sampler=cabs())
+    cabs_loader.load_state_dict(iid.state_dict())
+    with pytest.raises(ValueError, match=r"Cannot resume ConceptAwareBatchSampler from .*None"):
+        iter(cabs_loader)
+
+    it = iter(cabs_loader := StatefulDataLoader(dataset, batch_sampler=cabs()))
+    next(it)
+    iid = StatefulDataLoader(dataset, batch_size=4, sampler=ShuffleSampler(40))
+    iid.load_state_dict(cabs_loader.state_dict())
+    # torchdata hands a plain batch size's sampler no state here: our datamodules refuse
+    # this in their own load_state_dict (tests/datamodules/test_bad_input.py)
+    assert len(list(iid)) == 10
+
+
+def test_message_names_both_values_for_every_field():
+    state = _mid_epoch_state(cabs(batch_size=4, seed=0))
+    with pytest.raises(ValueError) as info:
+        cabs(batch_size=2, seed=1).load_state_dict(state)
+    text = str(info.value)
+    for field in ("batch_size=4", "seed=0", "batch_size=2", "seed=1"):
+        assert re.search(rf"\b{field}\b", text), field
