@@ -292,14 +292,19 @@ def check_top_k(top_k: Any, name: str = "top_k") -> tuple[int, ...]:
 
 
 def check_resume_state(
-    state: Any, what: str, config: dict[str, Any], required: Collection[str]
+    state: Any,
+    what: str,
+    config: dict[str, Any],
+    required: Collection[str],
+    advice: str | None = None,
 ) -> None:
     """Check that a saved ``state`` fits the sampler / dataset ``what`` configured as ``config``.
 
     ``state`` must be a dict holding the keys ``required``; its ``"config"`` (primitives
     saved by ``state_dict``) must equal ``config`` field by field. A state saved without a
     ``"config"`` (older checkpoints) is not compared. Raises ``ValueError`` naming every
-    differing field with the saved and the current value.
+    differing field with the saved and the current value, followed by ``advice`` (by
+    default: resume with the same settings or start the epoch afresh).
 
     Example:
         >>> check_resume_state({"config": {"size": 8}, "yielded": 3}, "ShuffleSampler",
@@ -310,7 +315,7 @@ def check_resume_state(
         ...
         ValueError: Cannot resume ShuffleSampler from this state: it was saved with size=8, but this one has size=9. Resume with the same settings, or start the epoch afresh (from an end-of-epoch checkpoint, or without the loader's state).
     """  # noqa: E501
-    advice = (
+    advice = advice or (
         "Resume with the same settings, or start the epoch afresh (from an end-of-epoch "
         "checkpoint, or without the loader's state)."
     )
