@@ -313,11 +313,11 @@ def check_resume_state(
         ...                    {"size": 9}, ["yielded"])
         Traceback (most recent call last):
         ...
-        ValueError: Cannot resume ShuffleSampler from this state: it was saved with size=8, but this one has size=9. Resume with the same settings, or start the epoch afresh (from an end-of-epoch checkpoint, or without the loader's state).
+        ValueError: Cannot resume ShuffleSampler from this state: it was saved with size=8, but this one has size=9. Resume with the same settings, or start the epoch afresh without this state (do not load it; with Lightning, start a new fit from the checkpoint's weights).
     """  # noqa: E501
     advice = advice or (
-        "Resume with the same settings, or start the epoch afresh (from an end-of-epoch "
-        "checkpoint, or without the loader's state)."
+        "Resume with the same settings, or start the epoch afresh without this state (do "
+        "not load it; with Lightning, start a new fit from the checkpoint's weights)."
     )
     if not isinstance(state, dict):
         raise ValueError(
