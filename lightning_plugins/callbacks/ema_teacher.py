@@ -6,7 +6,7 @@ import contextlib
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -124,7 +124,7 @@ class EMATeacher(Callback):
     instances (say two decays) coexist when their ``name`` differs. :meth:`export` writes
     the averaged weights as a plain state dict of the module.
 
-    The callback has 17 attributes, and about 350 lines of code, because it keeps
+    The callback has 18 attributes, and about 350 lines of code, because it keeps
     its ten arguments as given (LightningCLI and ``state_key`` read them) besides its state
     (the average, the counters, the resolved schedule, a checkpoint's state waiting for the
     module, the Trainer), and has hooks for fit, validate, test and predict; the mechanics
@@ -151,11 +151,15 @@ class EMATeacher(Callback):
         TypeError: for an argument of the wrong type.
         ValueError: for ``decay`` outside ``[0, 1)``, an unknown schedule, a schedule
             argument the schedule does not take or that ``decay`` sets, ``update_every``
-            below 1, a negative ``start_step``, an unknown device, ``validate_with`` or
-            ``dtype``, or a ``name`` that is not a public Python identifier; and when
-            fitting starts, for a module without trainable parameters, a module that
-            already has an attribute ``name``, DeepSpeed, FSDP without
-            ``use_orig_params``, or ``dtype`` with ``FSDPStrategy``.
+            below 1, a negative ``start_step``, an unknown device (or a CUDA device
+            without CUDA), ``validate_with`` or ``dtype``, or a ``name`` that is not a
+            public Python identifier; when fitting starts, for a module without trainable
+            parameters, a module that already has an attribute ``name``, DeepSpeed, FSDP
+            without ``use_orig_params``, or ``dtype`` with ``FSDPStrategy``; during
+            fitting, for a module that sets an attribute ``name`` itself (checked at every
+            training batch and around validation); and when restoring a checkpoint that
+            holds the average of an EMATeacher of another ``name`` which no attached
+            EMATeacher restores, and none for this one (the message names both names).
 
     Example:
         >>> ema = EMATeacher(decay=0.9999, schedule="warmup", update_every=2, start_step=3)
@@ -184,6 +188,11 @@ class EMATeacher(Callback):
     ) -> None:
         super().__init__()
         self.decay = check_float(decay, "decay", low=0, high=1, high_open=True)
+        if schedule_kwargs is not None and not isinstance(schedule_kwargs, Mapping):
+            raise TypeError(
+                "`schedule_kwargs` must be a dict of the schedule's arguments or None, got "
+                f"{schedule_kwargs!r} ({type(schedule_kwargs).__name__})."
+            )
         self.schedule_kwargs = _check_schedule(schedule, dict(schedule_kwargs or {}))
         self.schedule = schedule
         self.update_every = check_int(update_every, "update_every", low=1)
@@ -205,6 +214,7 @@ class EMATeacher(Callback):
         self._average: AveragedTensors | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state, before the average
         self._trainer: pl.Trainer | None = None
+        self._view: TeacherView | None = None  # what the module's attribute `name` holds
         self._asked_step = -1  # the optimizer step `should_update` was last asked about
 
     @property
@@ -338,7 +348,24 @@ class EMATeacher(Callback):
         if self._pending is not None:
             self._apply_pending()
         # a plain attribute, not a submodule: the view is no nn.Module
-        setattr(pl_module, self.name, TeacherView(self, pl_module))
+        self._view = TeacherView(self, pl_module)
+        setattr(pl_module, self.name, self._view)
+
+    def _check_view(self, pl_module: pl.LightningModule) -> None:
+        """Raise ``ValueError`` if the module has replaced the teacher attribute ``name``.
+
+        A module that sets an attribute of this name after fitting started (say lazily at
+        its first validation) would silently lose the teacher, or use its own object as one.
+        """
+        if self._view is None or self._average is None or self._average.module is not pl_module:
+            return
+        current = getattr(pl_module, self.name, None)
+        if current is not self._view:
+            raise ValueError(
+                f"The module's attribute `{self.name}` was replaced by "
+                f"{type(current).__name__} while EMATeacher exposes its teacher there: the "
+                f"module uses the name for something else. Give EMATeacher another `name`."
+            )
 
     def _create(self, pl_module: pl.LightningModule, new_run: bool) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None
@@ -372,6 +399,13 @@ class EMATeacher(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._asked_step = trainer.global_step  # restored by now when resuming
+        self._check_view(pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._check_view(pl_module)
 
     @override
     def on_train_batch_end(
@@ -382,6 +416,7 @@ class EMATeacher(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        self._check_view(pl_module)
         step = trainer.global_step
         # once per optimizer step: the first batch end after it (under gradient
         # accumulation the batches before the step share the previous step's number)
@@ -430,6 +465,7 @@ class EMATeacher(Callback):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_view(pl_module)
         if self.validate_with == "ema":
             self._swap_in(trainer, pl_module)
 
@@ -446,6 +482,11 @@ class EMATeacher(Callback):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._swap_out()
+        self._check_view(pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_view(pl_module)
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -470,6 +511,34 @@ class EMATeacher(Callback):
         self._swap_out()
 
     # ----------------------------------------------------------- checkpoints
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse a checkpoint whose EMA average no attached EMATeacher would restore.
+
+        Lightning only warns generically about callback states nobody claims; an EMA
+        average saved under another ``name`` would be dropped and a fresh one started.
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        claimed = {cb.state_key for cb in trainer.callbacks if isinstance(cb, EMATeacher)}
+        orphans = [
+            key
+            for key, state in states.items()
+            if key not in claimed and isinstance(key, str) and _is_ema_state(state)
+        ]
+        if orphans:
+            names = [_name_in_state_key(key) for key in orphans]
+            raise ValueError(
+                f"The checkpoint holds the EMA average of {', '.join(orphans)} (name "
+                f"{' or '.join(repr(n) for n in names)}), which no attached EMATeacher "
+                f"restores, and none for this EMATeacher (name={self.name!r}): resuming would "
+                f"throw the saved average away. Give EMATeacher name={names[0]!r} to continue "
+                "it, or delete its entry from checkpoint['callbacks'] to start a new average."
+            )
+
     @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -591,6 +660,19 @@ def _fresh_if_persistent(loader: Any) -> Any:
     )
 
 
+def _is_ema_state(state: Any) -> bool:
+    """Whether a callback state is one :meth:`EMATeacher.state_dict` wrote."""
+    return isinstance(state, dict) and {"num_updates", "last_update_step", "ema"} <= set(state)
+
+
+def _name_in_state_key(key: str) -> str:
+    """The ``name`` in a state key such as ``"EMATeacher{'name': 'fast'}"``."""
+    start = key.find("{'name': '")
+    if start < 0:
+        return key
+    return key[start + len("{'name': '") :].split("'", 1)[0]
+
+
 def _resolve_schedule(ema: EMATeacher, trainer: pl.Trainer) -> Callable[[int], float]:
     """The ``step -> decay`` function of ``ema``'s named schedule.
 
@@ -620,11 +702,20 @@ def _check_device(device: Any) -> torch.device | None:
             f"({type(device).__name__})."
         )
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(
             f"`device` must be None or a torch device such as 'cpu', got {device!r}."
         ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device`={str(device)!r} needs CUDA, which is not available here.")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"`device`={str(device)!r} names a GPU that does not exist: "
+                f"{torch.cuda.device_count()} GPU(s) are visible."
+            )
+    return device
 
 
 def _check_dtype(dtype: Any) -> torch.dtype | None:
