@@ -6,11 +6,17 @@ import torch
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
+    check_feature_dtypes,
     check_feature_pair,
+    check_finite_loss,
     check_global_features,
+    check_int,
+    check_logit_scalar,
     check_reduction,
+    check_scored_rows,
 )
 from lightning_plugins.functional.contrastive_rows import (
+    check_chunk_size,
     softmax_row_loss,
     symmetric_softmax_loss,
 )
@@ -55,6 +61,16 @@ def clip_loss(
     Returns:
         The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
 
+    Raises:
+        TypeError: features of different or non-floating dtypes, a ``logit_scale`` that
+            is no number or floating tensor or is less precise than the features, or a
+            ``label_offset`` / ``chunk_size`` that is no integer.
+        ValueError: features of unequal shapes, a ``logit_scale`` that is not a scalar
+            (a 0-d or 1-element tensor) or not finite and positive, fewer than 2 pairs in
+            the batch scored against (one pair has no negatives), a ``label_offset``
+            outside the global batch, an unknown ``reduction``, or non-finite features
+            (found once the loss came out non-finite, naming the input at fault).
+
     Example:
         >>> import torch.nn.functional as F
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -66,7 +82,9 @@ def clip_loss(
         tensor(True)
     """
     check_reduction(reduction)
+    check_chunk_size(chunk_size)
     check_feature_pair(image_features, text_features)
+    label_offset = check_int(label_offset, "label_offset")
     all_images = image_features if all_image_features is None else all_image_features
     all_texts = text_features if all_text_features is None else all_text_features
     check_global_features(
@@ -75,6 +93,15 @@ def clip_loss(
         all_image_features=all_images,
         all_text_features=all_texts,
     )
+    features = {
+        "image_features": image_features,
+        "text_features": text_features,
+        "all_image_features": all_image_features,
+        "all_text_features": all_text_features,
+    }
+    check_feature_dtypes(**features)
+    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    check_scored_rows(image_features.shape[0], all_texts.shape[0], reduction)
     if all_image_features is None and all_text_features is None:
         if chunk_size is None:
             # One batch, one matrix: text->image is the softmax over its columns. Both
@@ -92,4 +119,4 @@ def clip_loss(
             softmax_row_loss(image_features, all_texts, logit_scale, label_offset, chunk_size)
             + softmax_row_loss(text_features, all_images, logit_scale, label_offset, chunk_size)
         ) / 2
-    return apply_reduction(per_sample, reduction)
+    return check_finite_loss(apply_reduction(per_sample, reduction), logit_scale, **features)

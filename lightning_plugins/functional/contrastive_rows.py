@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_plugins.functional._checks import check_int
+
 __all__ = [
     "check_chunk_size",
     "sigmoid_row_loss",
@@ -23,9 +25,19 @@ __all__ = [
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
-    """Raise ``ValueError`` unless ``chunk_size`` is ``None`` or a positive integer."""
-    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}.")
+    """Raise unless ``chunk_size`` is ``None`` or a positive integer.
+
+    ``TypeError`` for a value that is no integer (``1.5``, ``"8"``, ``True``),
+    ``ValueError`` for one below 1.
+
+    Example:
+        >>> check_chunk_size(None)
+        >>> check_chunk_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `chunk_size` must be a positive integer, got 0.
+    """
+    check_int(chunk_size, "chunk_size", low=1, optional=True)
 
 
 def _as_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,16 @@ import torch.nn.functional as F
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
+    check_bool,
     check_choice,
+    check_feature_dtypes,
     check_feature_pair,
+    check_finite_loss,
     check_global_features,
+    check_int,
+    check_logit_scalar,
     check_reduction,
+    check_scored_rows,
 )
 from lightning_plugins.functional.distillation import soft_cross_entropy
 
@@ -68,9 +74,15 @@ def cwcl_loss(
         The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
 
     Raises:
+        TypeError: features of different or non-floating dtypes, a ``logit_scale`` that
+            is no number or floating tensor or is less precise than the features, a
+            ``label_offset`` that is no integer or a ``symmetric_soft`` that is no bool.
         ValueError: for an unknown ``frozen`` or ``reduction``, features of unequal
-            shapes, a ``label_offset`` outside the global batch, or non-finite frozen
-            features (the weights would be undefined).
+            shapes, a ``logit_scale`` that is not a scalar (a 0-d or 1-element tensor) or
+            not finite and positive, fewer than 2 pairs in the batch scored against (one
+            pair has no negatives), a ``label_offset`` outside the global batch,
+            non-finite frozen features (the weights would be undefined), or other
+            non-finite features (found once the loss came out non-finite).
 
     Example:
         >>> import torch.nn.functional as F
@@ -85,7 +97,9 @@ def cwcl_loss(
     """
     check_choice(frozen, "frozen", _MODALITIES)
     check_reduction(reduction)
+    check_bool(symmetric_soft, "symmetric_soft")
     check_feature_pair(image_features, text_features)
+    label_offset = check_int(label_offset, "label_offset")
     all_images = image_features if all_image_features is None else all_image_features
     all_texts = text_features if all_text_features is None else all_text_features
     check_global_features(
@@ -94,6 +108,15 @@ def cwcl_loss(
         all_image_features=all_images,
         all_text_features=all_texts,
     )
+    features = {
+        "image_features": image_features,
+        "text_features": text_features,
+        "all_image_features": all_image_features,
+        "all_text_features": all_text_features,
+    }
+    check_feature_dtypes(**features)
+    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    check_scored_rows(image_features.shape[0], all_texts.shape[0], reduction)
     if frozen == "text":
         local_frozen, local_trained, all_frozen, all_trained = (
             text_features,
@@ -116,7 +139,8 @@ def cwcl_loss(
     else:
         labels = torch.arange(local_trained.shape[0], device=local_trained.device) + label_offset
         trained_to_frozen = F.cross_entropy(logits_trained, labels, reduction="none")
-    return apply_reduction((frozen_to_trained + trained_to_frozen) / 2, reduction)
+    per_sample = (frozen_to_trained + trained_to_frozen) / 2
+    return check_finite_loss(apply_reduction(per_sample, reduction), logit_scale, **features)
 
 
 @torch.no_grad()

@@ -6,11 +6,16 @@ import torch
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
+    check_feature_dtypes,
     check_feature_pair,
+    check_finite_loss,
     check_global_features,
+    check_int,
+    check_logit_scalar,
     check_reduction,
+    check_scored_rows,
 )
-from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss
+from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
 
 __all__ = ["siglip_loss"]
 
@@ -52,13 +57,26 @@ def siglip_loss(
     Returns:
         The reduced loss, or ``[B]`` per-sample losses for ``reduction="none"``.
 
+    Raises:
+        TypeError: features of different or non-floating dtypes, a ``logit_scale`` or
+            ``logit_bias`` that is no number or floating tensor or is less precise than the
+            features, or a ``label_offset`` / ``chunk_size`` that is no integer.
+        ValueError: features of unequal shapes, a ``logit_scale`` or ``logit_bias`` that
+            is not a scalar (a 0-d or 1-element tensor) or not finite (the scale also
+            positive), fewer than 2 texts scored against when they hold the positives (one
+            pair has no negatives), a ``label_offset`` outside the global batch, an unknown
+            ``reduction``, or non-finite features (found once the loss came out
+            non-finite, naming the input at fault).
+
     Example:
         >>> img = torch.eye(3)
         >>> round(siglip_loss(img, img, logit_scale=10.0, logit_bias=-5.0).item(), 4)
         0.0201
     """
     check_reduction(reduction)
+    check_chunk_size(chunk_size)
     check_feature_pair(image_features, text_features)
+    label_offset = check_int(label_offset, "label_offset", optional=True)
     all_texts = text_features if all_text_features is None else all_text_features
     check_global_features(
         image_features,
@@ -66,7 +84,21 @@ def siglip_loss(
         all_text_features=all_texts,
         positives=label_offset is not None,
     )
+    features = {
+        "image_features": image_features,
+        "text_features": text_features,
+        "all_text_features": all_text_features,
+    }
+    check_feature_dtypes(**features)
+    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    if logit_bias is not None:
+        logit_bias = check_logit_scalar(logit_bias, "logit_bias", image_features, positive=False)
+    # a block of another rank's texts (no positives) may hold a single row
+    scored = all_texts.shape[0] if label_offset is not None else max(all_texts.shape[0], 2)
+    check_scored_rows(image_features.shape[0], scored, reduction)
     per_sample = sigmoid_row_loss(
         image_features, all_texts, logit_scale, logit_bias, label_offset, chunk_size
     )
-    return apply_reduction(per_sample, reduction)
+    return check_finite_loss(
+        apply_reduction(per_sample, reduction), logit_scale, logit_bias, **features
+    )

@@ -15,9 +15,11 @@ from lightning_plugins.distributed import (
 )
 from lightning_plugins.functional._checks import (
     apply_reduction,
+    check_feature_dtypes,
     check_feature_pair,
+    check_finite_loss,
+    check_logit_scalar,
     check_reduction,
-    explain_non_finite,
 )
 
 
@@ -58,15 +60,25 @@ class GlobalBatch:
 
 
 def check_inputs(
-    image_features: torch.Tensor, text_features: torch.Tensor, reduction: str
-) -> GlobalBatch:
-    """Check a loss call and learn the global batch.
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None,
+    reduction: str,
+) -> tuple[GlobalBatch, torch.Tensor | float, torch.Tensor | float | None]:
+    """Check a loss call; return the global batch and the scale and bias as scalars.
 
-    The local checks run before any collective; the batch-size check after the one
-    collective that exchanges sizes, so that every rank raises alike.
+    The local checks (shapes, dtypes, the reduction, the scale's and bias's type and shape)
+    run before any collective; the batch-size check after the one collective that
+    exchanges sizes, so that every rank raises alike. The values of tensor scales and
+    biases are checked with the loss, by :func:`ensure_finite`.
     """
     check_reduction(reduction)
     check_feature_pair(image_features, text_features)
+    check_feature_dtypes(image_features=image_features, text_features=text_features)
+    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    if logit_bias is not None:
+        logit_bias = check_logit_scalar(logit_bias, "logit_bias", image_features, positive=False)
     batch = GlobalBatch(gather_sizes(image_features.shape[0], image_features.device), get_rank())
     if batch.total < 2:
         raise ValueError(
@@ -74,11 +86,18 @@ def check_inputs(
             f"batch size {image_features.shape[0]} on {batch.world_size} process(es). "
             "Increase `batch_size`."
         )
-    return batch
+    return batch, logit_scale, logit_bias
 
 
-def ensure_finite(loss: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
-    """Return ``loss``; if it is non-finite, raise an error naming the input at fault."""
-    if not bool(torch.isfinite(loss).all()):
-        explain_non_finite("loss", **inputs)
-    return loss
+def ensure_finite(
+    loss: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None,
+    **inputs: torch.Tensor | None,
+) -> torch.Tensor:
+    """Return ``loss``; raise an error naming the input at fault if it is non-finite.
+
+    One host sync checks the loss and the values of a tensor ``logit_scale`` (finite,
+    positive) and ``logit_bias`` (finite) together.
+    """
+    return check_finite_loss(loss, logit_scale, logit_bias, **inputs)

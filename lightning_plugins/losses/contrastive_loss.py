@@ -16,10 +16,14 @@ __all__ = ["ContrastiveLoss"]
 class ContrastiveLoss(nn.Module, ABC):
     """A loss over the global batch with open_clip's call signature.
 
-    ``forward`` checks the inputs (shapes, the reduction, a global batch of at least two
+    ``forward`` checks the inputs (shapes and one floating dtype of the features, the
+    reduction, ``logit_scale`` and ``logit_bias`` as scalars: numbers or 0-d / 1-element
+    floating tensors not less precise than the features, a global batch of at least two
     pairs, unit-norm features on the first call unless ``normalized=False``), learns the
     global batch, calls :meth:`global_loss`, and raises an error naming the input at
-    fault if the result is non-finite. Subclasses implement :meth:`global_loss` only.
+    fault if the result is non-finite or a tensor ``logit_scale`` is not positive (both
+    found by one check of the result, no pass over the features). Subclasses implement
+    :meth:`global_loss` only; they get the scale and bias as a number or a 0-d tensor.
 
     Args:
         normalized: the features must be L2-normalised; checked on the first call (one
@@ -68,16 +72,26 @@ class ContrastiveLoss(nn.Module, ABC):
         Args:
             image_features: ``[B, D]`` normalised image embeddings of this rank.
             text_features: ``[B, D]`` normalised text embeddings of this rank.
-            logit_scale: exponentiated scale (scalar tensor).
-            logit_bias: additive bias (scalar tensor) or ``None``; softmax losses ignore
-                it (a constant shift does not change a softmax).
+            logit_scale: exponentiated scale: a positive number or a 0-d or 1-element
+                floating tensor.
+            logit_bias: additive bias (a number or a 0-d or 1-element floating tensor) or
+                ``None``; softmax losses ignore it (a constant shift does not change a
+                softmax) but check it alike.
             reduction: ``"mean"`` (this rank's share of the global mean: DDP's gradient
                 averaging completes it), ``"sum"`` or ``"none"`` (``[B]`` local rows).
 
         Returns:
             The loss, or ``[B]`` per-sample losses for ``reduction="none"``.
+
+        Raises:
+            TypeError: features of different or non-floating dtypes, or a scale or bias
+                that is no number or floating tensor, or less precise than the features.
+            ValueError: see the class; also a scale or bias that is not a scalar, a
+                scale that is not finite and positive, or a non-finite bias.
         """
-        batch = check_inputs(image_features, text_features, reduction)
+        batch, logit_scale, logit_bias = check_inputs(
+            image_features, text_features, logit_scale, logit_bias, reduction
+        )
         if self.normalized and not self._norm_checked:
             check_unit_norm(image_features=image_features, text_features=text_features)
             self._norm_checked = True
@@ -86,8 +100,8 @@ class ContrastiveLoss(nn.Module, ABC):
         )
         return ensure_finite(
             loss,
+            logit_scale,
+            logit_bias,
             image_features=image_features,
             text_features=text_features,
-            logit_scale=logit_scale,
-            logit_bias=logit_bias,
         )

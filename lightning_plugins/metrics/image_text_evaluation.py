@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from lightning_plugins.functional._checks import check_top_k
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
 from lightning_plugins.metrics.image_text_retrieval import ImageTextRetrieval
 from lightning_plugins.metrics.zero_shot_accuracy import ZeroShotAccuracy
@@ -26,13 +27,19 @@ class ImageTextEvaluation(nn.Module):
     (ranked by :class:`ImageTextRetrieval`), and :meth:`compute` gives ``zero_shot_topK``,
     ``zero_shot_topK_<group>``, ``i2t_R@K`` and ``t2i_R@K`` for what was updated. Under
     DDP the metrics gather every rank's samples and drop a distributed sampler's padding
-    by the dataset ``index``.
+    by the dataset ``index``. A model whose embeddings hold NaN or inf gets NaN for every
+    result that scored one, with a warning, never a perfect score (see
+    :class:`ZeroShotAccuracy` and :class:`ImageTextRetrieval`).
 
     Args:
         zero_shot_top_k: the K of zero-shot top-K accuracy (those above the number of
             classes are dropped).
         retrieval_top_k: the K of retrieval Recall@K.
         chunk_size: prompts embedded at once, and retrieval queries ranked at once.
+
+    Raises:
+        TypeError: for K values or a ``chunk_size`` that are no integers.
+        ValueError: for no K, a K below 1 or a ``chunk_size`` below 1.
 
     Example:
         >>> evaluation = ImageTextEvaluation(zero_shot_top_k=(1,), retrieval_top_k=(1,))
@@ -51,7 +58,7 @@ class ImageTextEvaluation(nn.Module):
         chunk_size: int = 1024,
     ) -> None:
         super().__init__()
-        self.zero_shot_top_k = tuple(zero_shot_top_k)
+        self.zero_shot_top_k = check_top_k(zero_shot_top_k, "zero_shot_top_k")
         self.chunk_size = chunk_size
         self.retrieval = ImageTextRetrieval(top_k=retrieval_top_k, chunk_size=chunk_size)
         # set by `start` for each run: the class embeddings [C, D] and their accuracy

@@ -9,7 +9,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_plugins.functional import first_occurrence, retrieval_recall
-from lightning_plugins.functional._checks import check_int, check_top_k
+from lightning_plugins.functional._checks import check_feature_pair, check_int, check_top_k
 
 __all__ = ["ImageTextRetrieval"]
 
@@ -22,9 +22,20 @@ class ImageTextRetrieval(Metric):
     DDP the embeddings of all ranks are gathered first; pairs repeated by a distributed
     sampler's padding are dropped by their dataset ``index``.
 
+    A non-finite similarity (NaN or inf embeddings, say from a diverged model) is never
+    counted as a hit: Recall@K of each direction with such a query is NaN (on every rank
+    under DDP, as every rank ranks the gathered set), and ``compute`` warns how many
+    queries were non-finite (see :func:`~lightning_plugins.functional.retrieval_recall`).
+
     Args:
         top_k: the K values.
         chunk_size: query rows scored at once.
+
+    Raises:
+        TypeError: for a ``top_k`` that is no sequence of integers or a ``chunk_size``
+            that is no integer.
+        ValueError: at construction for a K or ``chunk_size`` below 1; in ``update`` for
+            features that are not 2-D of equal shape or an ``index`` that is not ``[B]``.
 
     Example:
         >>> metric = ImageTextRetrieval(top_k=(1,))
@@ -52,11 +63,7 @@ class ImageTextRetrieval(Metric):
         index: torch.Tensor | None = None,
     ) -> None:
         """Add a batch of paired, normalised embeddings and their dataset indices."""
-        if image_features.shape != text_features.shape:
-            raise ValueError(
-                "`image_features` and `text_features` must have equal shapes, got "
-                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}."
-            )
+        check_feature_pair(image_features, text_features)
         if index is None:
             index = torch.full((image_features.shape[0],), -1, dtype=torch.long)
         elif index.shape != image_features.shape[:1]:
@@ -69,7 +76,7 @@ class ImageTextRetrieval(Metric):
         self.index.append(index.to(device=image_features.device, dtype=torch.long))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Recall@K per direction, keyed ``i2t_R@K`` and ``t2i_R@K``."""
+        """Recall@K per direction, keyed ``i2t_R@K`` and ``t2i_R@K``; NaN if non-finite."""
         images = dim_zero_cat(self.image_features)
         texts = dim_zero_cat(self.text_features)
         index = dim_zero_cat(self.index)

@@ -125,11 +125,19 @@ def test_half_precision_inputs_are_scored_in_float32():
     torch.testing.assert_close(half.double(), expected, rtol=2e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("bad", [0, -3, True])
-def test_bad_chunk_size(bad):
-    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer or None"):
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (0, ValueError, "`chunk_size` must be a positive integer, got 0"),
+        (-3, ValueError, "`chunk_size` must be a positive integer, got -3"),
+        (True, TypeError, "`chunk_size` must be an integer or None, got True"),
+        (2.5, TypeError, "`chunk_size` must be an integer or None, got 2.5"),
+    ],
+)
+def test_bad_chunk_size(bad, error, match):
+    with pytest.raises(error, match=match):
         ClipLoss(chunk_size=bad)
-    with pytest.raises(ValueError, match="`chunk_size`"):
+    with pytest.raises(error, match=match):
         SigLipLoss(chunk_size=bad)
 
 

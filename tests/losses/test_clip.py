@@ -87,7 +87,8 @@ def test_unknown_reduction_raises() -> None:
 @pytest.mark.parametrize("name", ["image_features", "text_features", "logit_scale"])
 def test_non_finite_input_is_named(name: str, bad: float) -> None:
     image, text = paired_features(4)
-    inputs = {"image_features": image, "text_features": text, "logit_scale": torch.tensor(SCALE)}
+    scale = torch.tensor(SCALE, dtype=image.dtype)
+    inputs = {"image_features": image, "text_features": text, "logit_scale": scale}
     inputs[name] = inputs[name].clone()
     inputs[name].view(-1)[-1] = bad
     with pytest.raises(ValueError, match=f"^`{name}` holds non-finite values"):
