@@ -8,8 +8,18 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
+from lightning_plugins.functional._checks import check_int
 
 __all__ = ["DecodingStream"]
+
+
+def _where(sample: dict[str, Any]) -> str:
+    """The sample in error messages: its key and shard, else its index.
+
+    The key and shard are webdataset's ``__key__`` / ``__url__``, when the source gives them.
+    """
+    where = f"sample {sample.get('__key__', sample.get('index'))!r}"
+    return f"{where} of shard {sample['__url__']!r}" if "__url__" in sample else where
 
 
 class DecodingStream(IterableDataset):
@@ -19,7 +29,8 @@ class DecodingStream(IterableDataset):
     optionally ``concepts``) into a training sample: ``image`` (the transformed image),
     ``caption``, ``index`` (int64) and, with ``max_objects``, ``concepts``
     (``[max_objects]`` int64 ids padded with -1). Placed after a selection step, it
-    decodes only the samples that step keeps.
+    decodes only the samples that step keeps. An image that cannot be decoded raises a
+    ``ValueError`` naming the sample's key and shard (``__key__`` / ``__url__``).
 
     It also keeps the epoch of the whole chain: each iteration after the first moves to
     the next epoch and passes it to every stage below (following ``.source``) that has
@@ -32,14 +43,27 @@ class DecodingStream(IterableDataset):
         transform: maps a PIL image to a tensor.
         max_objects: width of the padded ``concepts`` tensor, or ``None`` to drop
             ``concepts``.
+
+    Raises:
+        TypeError: for a ``source`` that is not iterable, a ``transform`` that is not
+            callable or a ``max_objects`` that is not an integer; when iterating, for a
+            concept id that is not an integer.
+        ValueError: for a ``max_objects`` below 1; when iterating, for an image that
+            cannot be decoded.
     """
 
     def __init__(
         self, source: Iterable[dict[str, Any]], transform: Transform, max_objects: int | None
     ) -> None:
+        if not isinstance(source, Iterable):
+            raise TypeError(
+                f"`source` must be an iterable of sample dicts, got {type(source).__name__}."
+            )
+        if not callable(transform):
+            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
         self.source = source
         self.transform = transform
-        self.max_objects = max_objects
+        self.max_objects = check_int(max_objects, "max_objects", low=1, optional=True)
         self.epoch = 0
         self._started = False
 
@@ -63,6 +87,7 @@ class DecodingStream(IterableDataset):
                 self.transform,
                 None if self.max_objects is None else sample["concepts"],
                 self.max_objects or 0,
+                where=_where(sample),
             )
 
     def state_dict(self) -> dict[str, Any]:

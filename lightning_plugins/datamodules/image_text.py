@@ -25,7 +25,13 @@ from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_image
 from lightning_plugins.datamodules.shard_samples import scan_shards
 from lightning_plugins.distributed import get_rank, get_world_size
-from lightning_plugins.functional._checks import check_choice, check_int, check_length
+from lightning_plugins.functional._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_length,
+    check_resume_state,
+)
 from lightning_plugins.functional.cabs_select import check_cabs_arguments
 from lightning_plugins.functional.concept_lists import concept_csr
 from lightning_plugins.models import list_model_names
@@ -46,6 +52,11 @@ __all__ = [
 ]
 
 SAMPLINGS = ("iid", "cabs")
+_ADVICE = (
+    "The checkpoint's position in the epoch only fits the same training stream: resume "
+    "with the same settings and data, or start a new fit from the checkpoint's weights "
+    "(e.g. `Module.load_from_checkpoint`) to change them."
+)
 
 
 @dataclass
@@ -116,7 +127,20 @@ class ImageTextDataModule(pl.LightningDataModule):
     ``StatefulDataLoader``s, so a run resumed from a mid-epoch checkpoint continues the
     same stream. For shards the epoch is counted by the dataset itself (Lightning calls
     ``set_epoch`` on samplers only), one per pass; workers are kept alive across epochs
-    so that their count carries on.
+    so that their count carries on. With ``drop_last`` (the default) the i.i.d. loader
+    drops the last incomplete batch of every epoch, as open_clip's does: a contrastive
+    loss never sees a batch of a single pair. CABS never yields incomplete batches.
+
+    **Bad samples.** An image that cannot be decoded (missing, truncated, not an image)
+    or a shard that cannot be read stops training with a ``ValueError`` naming the file
+    or shard and the sample; nothing is skipped silently.
+
+    **Resuming.** :meth:`state_dict` (saved by Lightning in checkpoints) holds the
+    settings the training stream depends on (``sampling``, ``batch_size``, ``seed``,
+    ``num_workers``, ``drop_last``, the number of training samples and, for CABS,
+    ``filter_ratio``); resuming with other values raises a ``ValueError`` naming each,
+    before any batch is loaded, instead of skipping data or failing inside the loader.
+    Checkpoints without this state (earlier versions) resume unchecked.
 
     Args:
         train: training manifest path, or shard path(s) / pattern. ``"pkg:<package>/<path>"``
@@ -141,10 +165,12 @@ class ImageTextDataModule(pl.LightningDataModule):
             is an error at :meth:`setup`.
         concept_vocabulary: path to a text file with one concept name per line, a list of
             names, or ``None`` to build it from the training data.
+        drop_last: ``"iid"``: drop the last incomplete training batch of every epoch.
 
     Raises:
         TypeError: at construction for a size, ``num_workers`` or ``seed`` that is not an
-            integer.
+            integer, or a ``drop_last`` that is not a bool; at :meth:`setup` for a concept
+            id that is not an integer (``1.5`` is never truncated).
         ValueError: at construction for a bad argument (missing file, unknown extension,
             unknown ``sampling`` / ``cabs_variant`` / ``model_name``, ``filter_ratio``
             outside ``[0, 1)``, non-positive sizes); at :meth:`setup` for bad data (a row
@@ -194,6 +220,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         concepts_key: str = "concepts",
         max_objects: int = 32,
         concept_vocabulary: str | list[str] | None = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -201,6 +228,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         num_workers = check_int(num_workers, "num_workers", low=0)
         seed = check_int(seed, "seed")
         check_choice(sampling, "sampling", SAMPLINGS)
+        self.drop_last = check_bool(drop_last, "drop_last")
         check_cabs_arguments(filter_ratio, cabs_variant, cabs_cap, cabs_targets, prefix="cabs_")
         if not isinstance(concepts_key, str) or not concepts_key:
             raise ValueError(f"`concepts_key` must be a non-empty string, got {concepts_key!r}.")
@@ -363,13 +391,53 @@ class ImageTextDataModule(pl.LightningDataModule):
             if self.sampling == "iid":
                 sampler = ShuffleSampler(len(split.dataset), seed=self.seed)
                 return StatefulDataLoader(
-                    split.dataset, batch_size=self.batch_size, sampler=sampler, **workers
+                    split.dataset,
+                    batch_size=self.batch_size,
+                    sampler=sampler,
+                    drop_last=self.drop_last,
+                    **workers,
                 )
             batch_sampler = ConceptAwareBatchSampler(split.concepts, **cabs)
             return StatefulDataLoader(split.dataset, batch_sampler=batch_sampler, **workers)
         source = _shard_stream(split, self.sampling, cabs, *self._world(), self.num_workers)
         dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
-        return StatefulDataLoader(dataset, batch_size=self.batch_size, **workers)
+        drop_last = self.drop_last and self.sampling == "iid"  # CABS: whole batches only
+        return StatefulDataLoader(
+            dataset, batch_size=self.batch_size, drop_last=drop_last, **workers
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The settings the training stream (and a saved loader position) depends on."""
+        config: dict[str, Any] = {
+            "kind": type(self).__name__,
+            "sampling": self.sampling,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "num_workers": self.num_workers,
+            "drop_last": self.drop_last,
+        }
+        if self.sampling == "cabs":
+            config["filter_ratio"] = self.cabs["filter_ratio"]
+        if self._train.ready:
+            config["train_samples"] = (
+                len(self._train.dataset)
+                if self._train.dataset is not None
+                else sum(self._train.sizes)
+            )
+        return config
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`config`, saved by Lightning in checkpoints to check a resume."""
+        return {"config": self.config()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that a checkpoint was saved with this module's settings and data size.
+
+        Raises:
+            ValueError: naming every setting of :meth:`config` that differs, with the
+                saved and the current value.
+        """
+        check_resume_state(state_dict, type(self).__name__, self.config(), (), advice=_ADVICE)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Retrieval pairs (``image``, ``caption``, ``index``) in order; ``[]`` if no ``val``."""

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
+from lightning_plugins.functional._checks import check_int
 from lightning_plugins.functional.concept_lists import concept_csr
 
 __all__ = ["ImageTextPairs"]
@@ -29,7 +30,12 @@ class ImageTextPairs(Dataset):
         transform: maps a PIL image to a tensor.
         max_objects: width of the padded ``concepts`` tensor.
 
+    Reading a sample whose image cannot be decoded (missing, truncated, not an image)
+    raises a ``ValueError`` naming the file and the sample.
+
     Raises:
+        TypeError: for a ``max_objects`` that is not an integer, a ``transform`` that is
+            not callable, or a concept id that is not an integer (never truncated).
         ValueError: for lengths that differ or a sample with more than ``max_objects``
             concepts.
     """
@@ -42,6 +48,9 @@ class ImageTextPairs(Dataset):
         transform: Transform,
         max_objects: int = 32,
     ) -> None:
+        max_objects = check_int(max_objects, "max_objects", low=1)
+        if not callable(transform):
+            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
         if len(images) != len(captions):
             raise ValueError(f"Got {len(images)} images but {len(captions)} captions.")
         self.images = list(images)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lightning_plugins.datamodules.shard_samples import read_shard_sample, tar_groups
+from lightning_plugins.datamodules.shard_samples import open_shard, read_shard_sample, tar_groups
 from lightning_plugins.distributed import get_rank, get_world_size
-from lightning_plugins.functional._checks import check_resume_state
+from lightning_plugins.functional._checks import check_bool, check_int, check_resume_state
 from lightning_plugins.functional.concept_lists import concept_csr
 from lightning_plugins.sampling.epoch_position import EpochPosition
 
@@ -24,8 +23,11 @@ class ImageTextShards(IterableDataset):
     Every sample is a group of members ``<key>.jpg`` (or ``.jpeg``, ``.png``, ``.webp``),
     ``<key>.txt`` (the caption; else the ``caption`` of the ``.json``) and optionally
     ``<key>.json``. The dataset yields dicts with ``image_bytes`` (the encoded image),
-    ``caption``, ``index`` (int: the sample's position in all shards, from ``sizes``) and,
-    when ``concepts`` is given, ``concepts`` (a list of concept ids, looked up by index).
+    ``caption``, ``index`` (int: the sample's position in all shards, from ``sizes``),
+    ``__key__`` and ``__url__`` (the sample's key and shard path, as in webdataset; error
+    messages name them) and, when ``concepts`` is given, ``concepts`` (a list of concept
+    ids, looked up by index). A shard that cannot be read (corrupt or truncated tar)
+    raises a ``ValueError`` naming the shard and the last sample read.
     Images are not decoded here, so a selection step (such as
     :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream`) can run
     before :class:`~lightning_plugins.datamodules.decoding_stream.DecodingStream` decodes the
@@ -62,8 +64,12 @@ class ImageTextShards(IterableDataset):
         rank: this rank; ``torch.distributed``'s (at construction) if ``None``.
 
     Raises:
-        ValueError: for ``sizes`` or ``concepts`` that do not match the shards, or (when
-            iterating with ``equalize``) fewer shards than ranks x workers.
+        TypeError: for ``shards`` that are not paths, a size, ``seed``, ``num_replicas``
+            or ``rank`` that is not an integer, ``shuffle`` / ``equalize`` that are not
+            bools, or a concept id that is not an integer.
+        ValueError: for ``sizes`` or ``concepts`` that do not match the shards, a bad
+            ``rank``, or (when iterating with ``equalize``) fewer shards than ranks x
+            workers; when iterating, for a corrupt or truncated shard.
     """
 
     def __init__(
@@ -77,10 +83,12 @@ class ImageTextShards(IterableDataset):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        if isinstance(shards, str) or not all(isinstance(path, str) for path in shards):
+            raise TypeError(f"`shards` must be a list of tar file paths, got {shards!r}.")
         if len(shards) != len(sizes):
             raise ValueError(f"Got {len(shards)} shards but {len(sizes)} sizes.")
         self.shards = list(shards)
-        self.sizes = [int(size) for size in sizes]
+        self.sizes = [check_int(size, f"sizes[{i}]", low=0) for i, size in enumerate(sizes)]
         self.starts = [0]
         for size in self.sizes:
             self.starts.append(self.starts[-1] + size)
@@ -90,9 +98,11 @@ class ImageTextShards(IterableDataset):
                 f"`concepts` covers {self.concepts[1].numel() - 1} samples but the shards hold "
                 f"{self.starts[-1]}."
             )
-        self.shuffle = shuffle
-        self.seed = seed
-        self.equalize = equalize
+        self.shuffle = check_bool(shuffle, "shuffle")
+        self.seed = check_int(seed, "seed")
+        self.equalize = check_bool(equalize, "equalize")
+        num_replicas = check_int(num_replicas, "num_replicas", low=1, optional=True)
+        rank = check_int(rank, "rank", low=0, optional=True)
         self.num_replicas = get_world_size() if num_replicas is None else num_replicas
         self.rank = get_rank() if rank is None else rank
         if not 0 <= self.rank < self.num_replicas:
@@ -148,8 +158,8 @@ class ImageTextShards(IterableDataset):
                 skip -= self.sizes[shard]
                 continue
             path = self.shards[shard]
-            with tarfile.open(path, "r:*") as tar:
-                for position, (key, parts) in enumerate(tar_groups(tar)):
+            with open_shard(path) as tar:
+                for position, (key, parts) in enumerate(tar_groups(tar, path)):
                     if position < skip:
                         continue
                     if limit is not None and self.position.yielded >= limit:
@@ -160,6 +170,8 @@ class ImageTextShards(IterableDataset):
                         "image_bytes": image,
                         "caption": caption,
                         "index": index,
+                        "__key__": key,
+                        "__url__": path,
                     }
                     if self.concepts is not None:
                         ids, offsets = self.concepts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,14 +26,32 @@ def decode_image(source: str | bytes) -> Image.Image:
         return image.convert("RGB")
 
 
-def _pad_concepts(ids: Sequence[int], max_objects: int) -> torch.Tensor:
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+"""What PIL raises for a missing, truncated, corrupt or non-image file."""
+
+
+def _integer_id(item: object, where: str) -> int:
+    """``item`` as an int; a float (or anything else) is an error, never truncated."""
+    try:
+        if isinstance(item, bool):
+            raise TypeError
+        return operator.index(item)
+    except TypeError:
+        raise TypeError(
+            f"{where} holds the concept id {item!r} ({type(item).__name__}); concept ids must "
+            "be integers (they are never truncated)."
+        ) from None
+
+
+def _pad_concepts(ids: Sequence[int], max_objects: int, where: str = "A sample") -> torch.Tensor:
+    ids = [_integer_id(item, where) for item in ids]
     if len(ids) > max_objects:
         raise ValueError(
-            f"A sample has {len(ids)} concepts, more than `max_objects`={max_objects}; raise "
+            f"{where} has {len(ids)} concepts, more than `max_objects`={max_objects}; raise "
             "`max_objects` (nothing is dropped silently)."
         )
     padded = torch.full((max_objects,), -1, dtype=torch.long)
-    padded[: len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+    padded[: len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     return padded
 
 
@@ -43,6 +62,7 @@ def decode_sample(
     transform: Transform,
     concepts: Sequence[int] | None,
     max_objects: int,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """The training sample of one image, caption and (optionally) concept ids.
 
@@ -53,6 +73,8 @@ def decode_sample(
         transform: maps the decoded PIL image to a tensor.
         concepts: concept ids, or ``None`` for no ``concepts`` key.
         max_objects: width of the padded ``concepts`` tensor.
+        where: the sample in error messages (e.g. ``"sample 'k' of shard 'a.tar'"``);
+            by default the image path (or ``"the image bytes"``) and ``index``.
 
     Returns:
         A dict with ``image`` (the transformed image), ``caption``, ``index`` (int64) and,
@@ -60,13 +82,26 @@ def decode_sample(
         with -1).
 
     Raises:
-        ValueError: for more than ``max_objects`` concepts.
+        ValueError: for more than ``max_objects`` concepts, or an image that cannot be
+            decoded (missing, truncated, not an image): the message names the file or
+            shard and the sample, with PIL's error.
+        TypeError: for a concept id that is not an integer.
     """
+    if where is None:
+        source = f"image {image!r}" if isinstance(image, str) else "image bytes"
+        where = f"sample {index} ({source})"
+    try:
+        decoded = decode_image(image)
+    except _DECODE_ERRORS as err:
+        raise ValueError(
+            f"Cannot decode the image of {where}: {type(err).__name__}: {err}. Fix or remove "
+            "the sample (no sample is skipped silently)."
+        ) from err
     sample = {
-        "image": transform(decode_image(image)),
+        "image": transform(decoded),
         "caption": caption,
         "index": torch.tensor(index, dtype=torch.long),
     }
     if concepts is not None:
-        sample["concepts"] = _pad_concepts(concepts, max_objects)
+        sample["concepts"] = _pad_concepts(concepts, max_objects, where[:1].upper() + where[1:])
     return sample

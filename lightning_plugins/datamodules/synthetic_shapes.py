@@ -20,7 +20,13 @@ from lightning_plugins.datamodules.shapes_scene import (
     num_caption_templates,
     zipf_probabilities,
 )
-from lightning_plugins.functional._checks import check_choice, check_float, check_int
+from lightning_plugins.functional._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_resume_state,
+)
 from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
@@ -28,6 +34,11 @@ __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("one {}", "a picture of one {}", "an image with one {}")
 _STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
 SAMPLING_MODES = ("iid", "cabs")
+_ADVICE = (
+    "The checkpoint's position in the epoch only fits the same training stream: resume "
+    "with the same settings, or start a new fit from the checkpoint's weights (e.g. "
+    "`Module.load_from_checkpoint`) to change them."
+)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -208,10 +219,20 @@ class SyntheticShapes(pl.LightningDataModule):
         cabs_cap: CABS DM: most occurrences of one concept per batch, or ``None``.
         cabs_targets: CABS DM: a target distribution over the 64 concepts, or ``None``
             for uniform over the concepts of each super-batch.
+        drop_last: ``"iid"``: drop the last incomplete training batch of every epoch (as
+            open_clip's loader does), so a contrastive loss never sees a batch of one
+            pair. ``"cabs"`` never yields incomplete batches.
+
+    **Resuming.** :meth:`state_dict` (saved by Lightning in checkpoints) holds the
+    settings the training stream depends on (``sampling``, ``batch_size``,
+    ``train_size``, ``seed``, ``max_objects``, ``zipf_exponent``, ``num_workers``,
+    ``drop_last`` and, for CABS, ``filter_ratio``); resuming with other values raises a
+    ``ValueError`` naming each, before any batch is loaded. Checkpoints without this
+    state (earlier versions) resume unchecked.
 
     Raises:
         TypeError: for a size, seed or ``zipf_exponent`` that is not a number (``1.5``
-            or ``"64"`` for a size).
+            or ``"64"`` for a size), or a ``drop_last`` that is not a bool.
         ValueError: for sizes below 1, ``max_objects`` outside 1-4, ``image_size`` below
             16, a negative ``zipf_exponent``, an unknown ``sampling``, or CABS settings
             the sampler rejects.
@@ -242,6 +263,7 @@ class SyntheticShapes(pl.LightningDataModule):
         cabs_variant: str = "dm",
         cabs_cap: int | None = 10,
         cabs_targets: list[float] | None = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -254,6 +276,8 @@ class SyntheticShapes(pl.LightningDataModule):
         zipf_exponent = check_float(zipf_exponent, "zipf_exponent", low=0)
         seed = check_int(seed, "seed")
         check_choice(sampling, "sampling", SAMPLING_MODES)
+        self.drop_last = check_bool(drop_last, "drop_last")
+        self.zipf_exponent = zipf_exponent
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -328,7 +352,8 @@ class SyntheticShapes(pl.LightningDataModule):
         :class:`ConceptAwareBatchSampler` (``"cabs"``): Lightning saves its position in
         checkpoints, so a run resumed from a mid-epoch checkpoint sees exactly the
         batches it would have seen. Under DDP Lightning hands each a distributed sampler;
-        both stay deterministic per epoch and give every rank its own samples.
+        both stay deterministic per epoch and give every rank its own samples. With
+        ``drop_last`` (the default) the last incomplete i.i.d. batch is dropped.
         """
         if self.sampling == "cabs":
             return StatefulDataLoader(
@@ -341,9 +366,40 @@ class SyntheticShapes(pl.LightningDataModule):
             self.train_set,
             batch_size=self.batch_size,
             sampler=ShuffleSampler(len(self.train_set), seed=self.seed),
+            drop_last=self.drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def config(self) -> dict[str, Any]:
+        """The settings the training stream (and a saved loader position) depends on."""
+        config = {
+            "kind": type(self).__name__,
+            "sampling": self.sampling,
+            "batch_size": self.batch_size,
+            "train_size": len(self.train_set),
+            "seed": self.seed,
+            "max_objects": self.train_set.max_objects,
+            "zipf_exponent": self.zipf_exponent,
+            "num_workers": self.num_workers,
+            "drop_last": self.drop_last,
+        }
+        if self.sampling == "cabs":
+            config["filter_ratio"] = float(self.cabs["filter_ratio"])
+        return config
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`config`, saved by Lightning in checkpoints to check a resume."""
+        return {"config": self.config()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that a checkpoint was saved with this module's settings.
+
+        Raises:
+            ValueError: naming every setting of :meth:`config` that differs, with the
+                saved and the current value.
+        """
+        check_resume_state(state_dict, type(self).__name__, self.config(), (), advice=_ADVICE)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Zero-shot classification images, then retrieval pairs."""

@@ -101,7 +101,8 @@ class ConceptAwareStream(IterableDataset[Sample]):
         ValueError: for a ``batch_size`` below 1, a ``filter_ratio`` outside ``[0, 1)``,
             an unknown ``variant``, a ``cap`` below 1, a ``num_concepts`` below 1, or
             ``targets`` that are not a distribution or do not match ``num_concepts``.
-        TypeError: for a ``source`` that is not iterable, a ``batch_size``, ``cap``,
+        TypeError: for a ``source`` that is not iterable, a ``concepts_key`` that is not
+            a non-empty string, a ``batch_size``, ``cap``,
             ``seed`` or ``num_concepts`` that is not an integer, or a ``filter_ratio``
             that is not a number.
 
@@ -145,6 +146,8 @@ class ConceptAwareStream(IterableDataset[Sample]):
         self.super_batch_size = super_batch_size(self.batch_size, self.filter_ratio)
         self.variant = variant
         self.cap = None if cap is None else int(cap)
+        if not isinstance(concepts_key, str) or not concepts_key:
+            raise TypeError(f"`concepts_key` must be a non-empty string, got {concepts_key!r}.")
         self.concepts_key = concepts_key
         self.targets: torch.Tensor | None = None
         self.set_targets(targets)
