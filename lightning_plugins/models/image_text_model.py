@@ -12,15 +12,22 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
 from torch import nn
 
-from lightning_plugins.functional._checks import check_bool, check_float, check_int
+from lightning_plugins.functional._checks import (
+    check_bool,
+    check_checkpoint_file,
+    check_float,
+    check_int,
+)
 
 __all__ = [
     "ImageTextTowers",
@@ -138,6 +145,7 @@ def _check_model_name(model_name: str) -> None:
 
 def _check_pretrained(model_name: str, pretrained: str) -> None:
     if os.path.isfile(pretrained):
+        check_checkpoint_file(pretrained, "pretrained")
         return
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained in tags:
@@ -178,6 +186,85 @@ def _check_text_tower(text_tower: str) -> None:
         raise ValueError(f"`text_tower`={text_tower!r} is not an existing folder.")
 
 
+def _config_context_length(model_name: str) -> int:
+    config = open_clip.get_model_config(model_name) or {}
+    return int(config.get("text_cfg", {}).get("context_length", 77))
+
+
+def _check_context_length(context_length: int | None, available: int, what: str) -> None:
+    if context_length is not None and context_length > available:
+        raise ValueError(
+            f"`context_length`={context_length} is larger than {what}, which has "
+            f"{available} positions: use a `context_length` of at most {available}."
+        )
+
+
+def _check_image_tower(image_tower: str) -> None:
+    import timm
+
+    if ":" in image_tower or timm.is_model(image_tower):  # hf-hub:..., local-dir:...
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(image_tower, names, n=5, cutoff=0.5)
+    hint = f" Close matches: {close}." if close else ""
+    raise ValueError(
+        f"`image_tower`={image_tower!r} is not a timm model name.{hint} See "
+        "timm.list_models() for all."
+    )
+
+
+def _load_error(model_name: str, pretrained: str, error: Exception, **build: Any) -> ValueError:
+    """A ValueError saying why ``pretrained`` does not load into ``model_name``."""
+    try:
+        if pretrained.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(pretrained)
+        else:
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        return ValueError(
+            f"`pretrained`={pretrained!r} could not be read as a checkpoint, it is corrupt or "
+            f"no torch.save file ({type(err).__name__}: {first_line})."
+        )
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # as open_clip reads it
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    if not isinstance(state, dict) or not state:
+        return ValueError(
+            f"`pretrained`={pretrained!r} holds {type(state).__name__} {str(state)[:40]}, "
+            "not a state dict of tensors."
+        )
+    expected = open_clip.create_model(model_name, pretrained_text=False, **build).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys such as {missing[:3]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys such as {unexpected[:3]}")
+    if shapes:
+        parts.append(f"{len(shapes)} shapes differ, e.g. {shapes[:3]}")
+    hint = ""
+    if unexpected and all(k.startswith("model.") for k in unexpected):
+        hint = (
+            " Its keys start with 'model.': it looks like a Lightning checkpoint of a module; "
+            "load it with the module's load_from_checkpoint, or save module.model.state_dict()."
+        )
+    what = "; ".join(parts) if parts else f"{type(error).__name__}: {error}"
+    return ValueError(
+        f"`pretrained`={pretrained!r} is a checkpoint of another architecture than "
+        f"{model_name!r}: {what}.{hint}"
+    )
+
+
 def _timm_feature_width(image_tower: str) -> int:
     import timm
 
@@ -211,7 +298,10 @@ class ImageTextTowers:
             equal. Ignored with ``model_name`` (the config sets it).
         image_size: input size of the image tower (overrides the config's).
         context_length: tokens per caption; the config's (open_clip) or 77 (Hugging Face)
-            if ``None``.
+            if ``None``. At most the text tower's positions (the config's
+            ``context_length``, a Hugging Face tower's ``max_position_embeddings``); an
+            open_clip model is built with this many positions (open_clip's
+            ``force_context_length``, which interpolates a pretrained positional embedding).
 
     Raises:
         TypeError: for a setting of the wrong type.
@@ -306,9 +396,12 @@ def create_image_text_model(
         An open_clip ``CLIP`` or ``CustomTextCLIP``.
 
     Raises:
-        ValueError: unknown ``model_name``, a ``pretrained`` that is neither a file nor a
-            tag, a missing tower folder or weights file, towers of unequal width with
-            ``embed_dim=None``, or a ``pkg:`` path that does not resolve.
+        ValueError: unknown ``model_name`` or ``image_tower`` (naming close matches), a
+            ``pretrained`` that is neither a file nor a tag, an empty, truncated or
+            unreadable ``pretrained`` file, one of another architecture (naming keys and
+            shapes that differ), a missing tower folder or weights file, towers of unequal
+            width with ``embed_dim=None``, a ``context_length`` beyond the text tower's
+            positions, or a ``pkg:`` path that does not resolve.
 
     Example:
         >>> model = create_image_text_model("ViT-Micro-P8-32", init_logit_scale=2.0)
@@ -332,15 +425,26 @@ def create_image_text_model(
         _check_model_name(towers.model_name)
         if pretrained is not None:
             _check_pretrained(towers.model_name, pretrained)
-        return open_clip.create_model(
-            towers.model_name,
-            pretrained=pretrained,
-            force_image_size=image_size,
-            pretrained_text=False,
-            **logit_kwargs,
+        available = _config_context_length(towers.model_name)
+        _check_context_length(
+            towers.context_length, available, f"the text tower of {towers.model_name!r}"
         )
+        build = {
+            "force_image_size": image_size,
+            "force_context_length": towers.context_length,
+            **logit_kwargs,
+        }
+        try:
+            return open_clip.create_model(
+                towers.model_name, pretrained=pretrained, pretrained_text=False, **build
+            )
+        except Exception as err:  # a local file that does not load: say why
+            if pretrained is None or not os.path.isfile(pretrained):
+                raise
+            raise _load_error(towers.model_name, pretrained, err, **build) from err
     if image_tower_weights is not None and not os.path.isfile(image_tower_weights):
         raise ValueError(f"`image_tower_weights`={image_tower_weights!r} is not an existing file.")
+    _check_image_tower(image_tower)
     _check_text_tower(text_tower)
     text_width = _text_width(text_tower)
     if embed_dim is None:
@@ -380,6 +484,9 @@ def create_image_text_model(
             )
     if image_size is not None and hasattr(model.visual, "set_input_size"):
         model.visual.set_input_size(image_size)
+    _check_context_length(
+        towers.context_length or 77, model.context_length, f"text tower {text_tower!r}"
+    )
     return model
 
 
