@@ -1,0 +1,517 @@
+"""Bad inputs to the functional losses, retrieval and top-K: a clear error or a NaN, never a
+silent number (issue 11, points 1, 7 and 8).
+
+Each table row is (call, exception type, message regex); the message must name the
+argument, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_plugins.functional import (
+    clip_loss,
+    cwcl_loss,
+    retrieval_recall,
+    siglip_loss,
+    topk_correct,
+    zero_shot_classifier,
+)
+
+
+def features(batch: int = 4, dim: int = 6, dtype: torch.dtype = torch.float32):
+    gen = torch.Generator().manual_seed(batch)
+    image = F.normalize(torch.randn(batch, dim, generator=gen, dtype=torch.float64), dim=-1)
+    text = F.normalize(image + torch.randn(batch, dim, generator=gen, dtype=torch.float64))
+    return image.to(dtype), text.to(dtype)
+
+
+IMG, TXT = features()
+IMG64, TXT64 = features(dtype=torch.float64)
+ONE_IMG, ONE_TXT = features(1)
+
+
+def with_nan(tensor: torch.Tensor) -> torch.Tensor:
+    out = tensor.clone()
+    out[-1, -1] = float("nan")
+    return out
+
+
+def with_value(value: float) -> torch.Tensor:
+    return torch.tensor(value)
+
+
+# (loss, extra arguments) for each functional loss: one table serves all three
+LOSSES = {
+    "clip_loss": (clip_loss, {}),
+    "siglip_loss": (siglip_loss, {"logit_bias": -2.0}),
+    "cwcl_loss": (cwcl_loss, {}),
+}
+
+# (image, text, logit_scale, extra kwargs, exception, message)
+BAD_LOSS_INPUTS = {
+    "scale negative": (
+        IMG,
+        TXT,
+        -1.0,
+        {},
+        ValueError,
+        r"`logit_scale` must be a finite number in \(0, inf\), got -1.0",
+    ),
+    "scale zero": (IMG, TXT, 0, {}, ValueError, r"`logit_scale` .* \(0, inf\), got 0"),
+    "scale nan": (
+        IMG,
+        TXT,
+        math.nan,
+        {},
+        ValueError,
+        r"`logit_scale` must be a finite number .* got nan",
+    ),
+    "scale inf": (
+        IMG,
+        TXT,
+        math.inf,
+        {},
+        ValueError,
+        r"`logit_scale` must be a finite number .* got inf",
+    ),
+    "scale tensor negative": (
+        IMG,
+        TXT,
+        with_value(-2.0),
+        {},
+        ValueError,
+        r"`logit_scale` must be positive .*got -2",
+    ),
+    "scale tensor zero": (
+        IMG,
+        TXT,
+        with_value(0.0),
+        {},
+        ValueError,
+        r"`logit_scale` must be positive .*got 0",
+    ),
+    "scale tensor nan": (
+        IMG,
+        TXT,
+        with_value(math.nan),
+        {},
+        ValueError,
+        r"`logit_scale` holds non-finite",
+    ),
+    "scale tensor inf": (
+        IMG,
+        TXT,
+        with_value(math.inf),
+        {},
+        ValueError,
+        r"`logit_scale` holds non-finite",
+    ),
+    "scale vector": (
+        IMG,
+        TXT,
+        torch.full((4,), 10.0),
+        {},
+        ValueError,
+        r"`logit_scale` must be a scalar .*shape \(4,\)",
+    ),
+    "scale matrix": (
+        IMG,
+        TXT,
+        torch.full((4, 1), 10.0),
+        {},
+        ValueError,
+        r"`logit_scale` must be a scalar .*shape \(4, 1\)",
+    ),
+    "scale string": (
+        IMG,
+        TXT,
+        "10",
+        {},
+        TypeError,
+        r"`logit_scale` must be a number, got '10' \(str\)",
+    ),
+    "scale bool": (IMG, TXT, True, {}, TypeError, r"`logit_scale` must be a number, got True"),
+    "scale int tensor": (
+        IMG,
+        TXT,
+        torch.tensor(10),
+        {},
+        TypeError,
+        r"`logit_scale` must be a number or a floating-point tensor, got .* torch.int64",
+    ),
+    "scale less precise": (
+        IMG64,
+        TXT64,
+        torch.tensor(10.0),
+        {},
+        TypeError,
+        r"`logit_scale` of dtype torch.float32 is less precise than the features \(torch.float64\)",
+    ),
+    "scale bf16 with fp32": (
+        IMG,
+        TXT,
+        torch.tensor(10.0, dtype=torch.bfloat16),
+        {},
+        TypeError,
+        r"`logit_scale` of dtype torch.bfloat16",
+    ),
+    "mixed feature dtypes": (
+        IMG,
+        TXT64,
+        10.0,
+        {},
+        TypeError,
+        r"`image_features` and `text_features` must share one dtype, got torch.float32 and ",
+    ),
+    "integer features": (
+        IMG.long(),
+        TXT.long(),
+        10.0,
+        {},
+        TypeError,
+        r"`image_features` must be a floating-point tensor, got dtype torch.int64",
+    ),
+    "one pair": (
+        ONE_IMG,
+        ONE_TXT,
+        10.0,
+        {},
+        ValueError,
+        r"at least 2 image-text pairs to score against \(one pair has no negatives\), got 1",
+    ),
+    "nan image features": (
+        with_nan(IMG),
+        TXT,
+        10.0,
+        {},
+        ValueError,
+        r"^`image_features` holds non-finite values",
+    ),
+    "inf text features": (
+        IMG,
+        TXT.index_fill(1, torch.tensor([0]), math.inf),
+        10.0,
+        {},
+        ValueError,
+        r"`(text|all_text)_features` holds non-finite values",
+    ),
+    "nan global texts": (
+        IMG,
+        TXT,
+        10.0,
+        {
+            "all_image_features": torch.cat([IMG, IMG]),
+            "all_text_features": with_nan(torch.cat([TXT, TXT])),
+        },
+        ValueError,
+        r"`all_text_features` holds non-finite values",
+    ),
+    "global texts of another dtype": (
+        IMG,
+        TXT,
+        10.0,
+        {
+            "all_image_features": torch.cat([IMG, IMG]),
+            "all_text_features": torch.cat([TXT64, TXT64]),
+        },
+        TypeError,
+        r"must share one dtype",
+    ),
+    "reduction unknown": (
+        IMG,
+        TXT,
+        10.0,
+        {"reduction": "avg"},
+        ValueError,
+        r"`reduction` must be one of \('mean', 'sum', 'none'\), got 'avg'",
+    ),
+    "reduction not a string": (
+        IMG,
+        TXT,
+        10.0,
+        {"reduction": None},
+        ValueError,
+        r"`reduction` must be one of .* got None",
+    ),
+    "label_offset float": (
+        IMG,
+        TXT,
+        10.0,
+        {"label_offset": 0.5},
+        TypeError,
+        r"`label_offset` must be an integer.*got 0.5",
+    ),
+    "label_offset outside": (
+        IMG,
+        TXT,
+        10.0,
+        {"label_offset": 1},
+        ValueError,
+        r"`label_offset` must place the 4 local rows",
+    ),
+}
+
+# chunk_size is an argument of clip_loss and siglip_loss only
+BAD_CHUNK_SIZES = {
+    "chunk_size zero": (0, ValueError, r"`chunk_size` must be a positive integer, got 0"),
+    "chunk_size float": (
+        2.5,
+        TypeError,
+        r"`chunk_size` must be an integer or None, got 2.5 \(float\)",
+    ),
+    "chunk_size string": (
+        "8",
+        TypeError,
+        r"`chunk_size` must be an integer or None, got '8' \(str\)",
+    ),
+    "chunk_size bool": (True, TypeError, r"`chunk_size` must be an integer or None, got True"),
+}
+
+
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+@pytest.mark.parametrize("case", list(BAD_LOSS_INPUTS))
+def test_functional_losses_reject_bad_inputs(loss_name, case):
+    loss, extra = LOSSES[loss_name]
+    image, text, scale, kwargs, error, match = BAD_LOSS_INPUTS[case]
+    if loss_name == "siglip_loss":  # it takes the global texts only
+        kwargs = {k: v for k, v in kwargs.items() if k != "all_image_features"}
+    with pytest.raises(error, match=match):
+        loss(image, text, scale, **{**extra, **kwargs})
+
+
+@pytest.mark.parametrize("loss", [clip_loss, siglip_loss])
+@pytest.mark.parametrize("case", list(BAD_CHUNK_SIZES))
+def test_functional_losses_reject_bad_chunk_size(loss, case):
+    chunk_size, error, match = BAD_CHUNK_SIZES[case]
+    with pytest.raises(error, match=match):
+        loss(IMG, TXT, 10.0, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize(
+    ("bias", "error", "match"),
+    [
+        (math.nan, ValueError, r"`logit_bias` must be a finite number in \(-inf, inf\), got nan"),
+        (torch.tensor(math.inf), ValueError, r"`logit_bias` holds non-finite values"),
+        (torch.tensor([-1.0, -2.0]), ValueError, r"`logit_bias` must be a scalar .*shape \(2,\)"),
+        (
+            torch.tensor(-1, dtype=torch.int32),
+            TypeError,
+            r"`logit_bias` must be a number or a floating",
+        ),
+        ("-1", TypeError, r"`logit_bias` must be a number, got '-1'"),
+    ],
+)
+def test_siglip_loss_rejects_bad_bias(bias, error, match):
+    with pytest.raises(error, match=match):
+        siglip_loss(IMG, TXT, 10.0, bias)
+
+
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_one_element_scale_equals_the_number(loss_name):
+    loss, extra = LOSSES[loss_name]
+    expected = loss(IMG, TXT, 10.0, **extra)
+    for scale in (torch.tensor(10.0), torch.tensor([10.0]), torch.tensor([[10.0]])):
+        torch.testing.assert_close(loss(IMG, TXT, scale, **extra), expected)
+
+
+def test_float32_scale_with_half_features_is_allowed():
+    """Autocast keeps the scale float32 while the features are half precision."""
+    scale = torch.tensor(10.0)
+    for loss, extra in LOSSES.values():
+        assert torch.isfinite(loss(IMG.bfloat16(), TXT.bfloat16(), scale, **extra))
+
+
+def test_local_batch_of_one_against_a_global_batch_is_allowed():
+    """Under DDP a rank may hold one row of a global batch of two: that is no error."""
+    image, text = features(2)
+    expected = clip_loss(image, text, 10.0, reduction="none")
+    for offset in (0, 1):
+        rows = slice(offset, offset + 1)
+        local = clip_loss(
+            image[rows],
+            text[rows],
+            10.0,
+            all_image_features=image,
+            all_text_features=text,
+            label_offset=offset,
+            reduction="none",
+        )
+        torch.testing.assert_close(local, expected[rows])
+        cwcl = cwcl_loss(
+            image[rows], text[rows], 10.0, all_image_features=image, all_text_features=text,
+            label_offset=offset,
+        )  # fmt: skip
+        assert torch.isfinite(cwcl)
+        siglip = siglip_loss(
+            image[rows], text[rows], 10.0, all_text_features=text, label_offset=offset
+        )
+        assert torch.isfinite(siglip)
+    # another rank's single text is a block of negatives only, also no error
+    assert torch.isfinite(
+        siglip_loss(image[:1], text[:1], 10.0, all_text_features=text[1:], label_offset=None)
+    )
+
+
+def test_local_batch_of_none_needs_no_mean():
+    image, text = features(2)
+    empty = image[:0]
+    out = clip_loss(empty, text[:0], 10.0, all_image_features=image, all_text_features=text,
+                    label_offset=2, reduction="none")  # fmt: skip
+    assert out.shape == (0,)
+    with pytest.raises(
+        ValueError, match=r"`image_features` holds no rows.*reduction='sum' or 'none'"
+    ):
+        clip_loss(
+            empty, text[:0], 10.0, all_image_features=image, all_text_features=text, label_offset=2
+        )
+
+
+# ---------------------------------------------------------------- retrieval and top-K
+
+BAD_RETRIEVAL = [
+    ({"top_k": 1}, TypeError, r"`top_k` must be a sequence of integers, got 1 \(int\)"),
+    ({"top_k": "15"}, TypeError, r"`top_k` must be a sequence of integers, got '15'"),
+    ({"top_k": (1.5,)}, TypeError, r"`top_k\[0\]` must be an integer, got 1.5"),
+    ({"top_k": (0,)}, ValueError, r"`top_k\[0\]` must be a positive integer, got 0"),
+    ({"top_k": ()}, ValueError, r"`top_k` must hold at least one K"),
+    ({"chunk_size": 0}, ValueError, r"`chunk_size` must be a positive integer, got 0"),
+    ({"chunk_size": 2.0}, TypeError, r"`chunk_size` must be an integer, got 2.0"),
+    ({"chunk_size": None}, TypeError, r"`chunk_size` must be an integer, got None"),
+    ({"text_features": TXT64}, TypeError, r"must share one dtype"),
+    (
+        {"text_features": TXT[:3]},
+        ValueError,
+        r"`image_features` and `text_features` must have equal shapes",
+    ),
+    ({"image_features": IMG[0], "text_features": TXT[0]}, ValueError, r"must be 2-D"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_RETRIEVAL)
+def test_retrieval_recall_rejects_bad_inputs(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        retrieval_recall(**{"image_features": IMG, "text_features": TXT, **kwargs})
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_retrieval_recall_non_finite_is_nan_with_a_warning(bad):
+    # a NaN image row used to rank first (NaN compares false): recall 1.0
+    images = torch.eye(4)
+    texts = images.clone()
+    images[2, 0] = bad
+    with pytest.warns(UserWarning, match=r"1 of 4 image queries and 4 of 4 text queries"):
+        i2t, t2i = retrieval_recall(images, texts, top_k=(1, 4), chunk_size=3)
+    assert torch.isnan(i2t).all() and torch.isnan(t2i).all()
+
+
+def test_retrieval_recall_all_nan_is_not_perfect():
+    images = torch.full((4, 3), math.nan)
+    with pytest.warns(UserWarning, match="non-finite similarity"):
+        i2t, t2i = retrieval_recall(images, F.normalize(torch.randn(4, 3), dim=-1), top_k=(1,))
+    assert math.isnan(i2t.item()) and math.isnan(t2i.item())
+
+
+def test_retrieval_recall_overflowing_similarity_is_non_finite():
+    """Finite features whose product overflows give inf scores: NaN too."""
+    images = torch.eye(3) * 3e38
+    with pytest.warns(UserWarning, match="non-finite"):
+        i2t, _ = retrieval_recall(images, images, top_k=(1,))
+    assert math.isnan(i2t.item())
+
+
+BAD_TOPK = [
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0, 3]),
+        (1,),
+        ValueError,
+        r"`target` must hold class ids in \[0, 3\) .*got 3",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([-2, 0]),
+        (1,),
+        ValueError,
+        r"`target` must hold class ids in \[0, 3\) .*got -2",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0.0, 1.0]),
+        (1,),
+        TypeError,
+        r"`target` must hold integer class ids, got dtype torch.float32",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([True, False]),
+        (1,),
+        TypeError,
+        r"`target` must hold integer class ids",
+    ),
+    (torch.zeros(2, 3), [0, 1], (1,), TypeError, r"`target` must be a tensor, got list"),
+    ([[0.0, 1.0]], torch.tensor([0]), (1,), TypeError, r"`logits` must be a tensor, got list"),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0, 1]),
+        1,
+        TypeError,
+        r"`top_k` must be a sequence of integers",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0, 1]),
+        (0,),
+        ValueError,
+        r"`top_k\[0\]` must be a positive integer",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0, 1]),
+        (4,),
+        ValueError,
+        r"`top_k` \(4,\) exceeds the number of classes 3",
+    ),
+    (
+        torch.zeros(2, 3),
+        torch.tensor([0, 1, 2]),
+        (1,),
+        ValueError,
+        r"`logits` must be \[B, C\] and `target` \[B\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("logits", "target", "top_k", "error", "match"), BAD_TOPK)
+def test_topk_correct_rejects_bad_inputs(logits, target, top_k, error, match):
+    with pytest.raises(error, match=match):
+        topk_correct(logits, target, top_k)
+
+
+def test_topk_correct_all_nan_is_nan_not_a_quarter():
+    hits = topk_correct(torch.full((8, 4), math.nan), torch.arange(8) % 4, top_k=(1,))
+    assert torch.isnan(hits.mean())
+
+
+BAD_ZERO_SHOT = [
+    ({"class_names": "cat"}, TypeError, r"`class_names` must be a list of class names"),
+    ({"class_names": []}, ValueError, r"`class_names` is empty"),
+    ({"templates": "a {}"}, ValueError, r"`templates` must be a non-empty list"),
+    ({"templates": ["a photo"]}, ValueError, r"`templates` entry 'a photo' has no '\{\}'"),
+    ({"chunk_size": 0}, ValueError, r"`chunk_size` must be a positive integer, got 0"),
+    ({"chunk_size": "2"}, TypeError, r"`chunk_size` must be an integer, got '2'"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_ZERO_SHOT)
+def test_zero_shot_classifier_rejects_bad_inputs(kwargs, error, match):
+    def encode(prompts):
+        return torch.eye(2)[[0] * len(prompts)]
+
+    arguments = {"class_names": ["cat", "dog"], "templates": ["a {}"], **kwargs}
+    with pytest.raises(error, match=match):
+        zero_shot_classifier(encode, **arguments)
