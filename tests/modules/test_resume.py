@@ -12,7 +12,7 @@ MICRO = "ViT-Micro-P8-32"
 
 
 def run(
-    root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0, sampling="iid"
+    root, max_steps: int, ckpt_path=None, save_every=None, num_workers=0, sampling="iid", **data
 ) -> CLIP:
     pl.seed_everything(0)
     module = CLIP(
@@ -20,14 +20,18 @@ def run(
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
     )
     # 4 batches per epoch: a checkpoint at step 3 is mid-epoch, the run crosses epochs
+    data = {
+        "batch_size": 4,
+        "train_size": 16 if sampling == "iid" else 32,  # CABS: 8 candidates per batch of 4
+        **data,
+    }
     dm = SyntheticShapes(
-        batch_size=4,
-        train_size=16 if sampling == "iid" else 32,  # CABS: 8 candidates per batch of 4
         zero_shot_size=64,
         retrieval_size=8,
         num_workers=num_workers,
         sampling=sampling,
         filter_ratio=0.5,
+        **data,
     )
     callbacks = (
         [ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1)]
@@ -81,3 +85,47 @@ def test_checkpoint_loads_weights_only_and_from_checkpoint(uninterrupted):
     state = checkpoint["state_dict"]
     for name, value in loaded.state_dict().items():
         torch.testing.assert_close(value, state[name], msg=name)
+
+
+@pytest.fixture(scope="module")
+def iid_checkpoint(tmp_path_factory):
+    """A mid-epoch checkpoint (step 3 of 4) of an i.i.d. run."""
+    root = tmp_path_factory.mktemp("iid")
+    run(root, max_steps=3, save_every=3)
+    return root / "epoch=0-step=3.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"sampling": "cabs"}, r"sampling='iid'.*but this one has sampling='cabs'"),
+        ({"batch_size": 8}, r"batch_size=4.*but this one has batch_size=8"),
+        ({"train_size": 20}, r"train_size=16.*but this one has train_size=20"),
+        ({"num_workers": 1}, r"num_workers=0.*but this one has num_workers=1"),
+    ],
+)
+def test_resume_with_other_data_settings_names_the_mismatch(
+    iid_checkpoint, tmp_path, changed, message
+):
+    """Not Lightning's "call `iter(combined_loader)` first", nor a silently skipped epoch."""
+    with pytest.raises(ValueError, match=rf"Cannot resume SyntheticShapes.*{message}"):
+        run(tmp_path, 6, ckpt_path=iid_checkpoint, **changed)
+
+
+def test_training_set_one_above_a_multiple_of_the_batch_size(tmp_path):
+    """17 pairs in batches of 4: the last pair is dropped, no 1-pair contrastive batch."""
+    pl.seed_everything(0)
+    module = CLIP(model_name=MICRO)
+    dm = SyntheticShapes(batch_size=4, train_size=17, zero_shot_size=64, retrieval_size=8)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 4
