@@ -433,10 +433,16 @@ class ImageTextDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check that a checkpoint was saved with this module's settings and data size.
 
+        Only a fit resumes the training stream: under ``validate`` / ``test`` / ``predict``
+        nothing is compared.
+
         Raises:
             ValueError: naming every setting of :meth:`config` that differs, with the
                 saved and the current value.
         """
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn != "fit":
+            return
         check_resume_state(state_dict, type(self).__name__, self.config(), (), advice=_ADVICE)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

@@ -427,3 +427,16 @@ def test_shard_loader_state_of_another_sampling_names_the_mismatch(data, first, 
     resumed.load_state_dict(state)
     with pytest.raises(ValueError, match=r"Cannot resume (ConceptAwareStream|ImageTextShards)"):
         next(iter(resumed))
+
+
+def test_validating_from_a_checkpoint_of_other_settings_is_allowed():
+    """Only a fit resumes the training stream; validate/test/predict compare nothing."""
+    import lightning.pytorch as pl
+
+    dm = SyntheticShapes(batch_size=8, train_size=64)
+    dm.trainer = pl.Trainer(logger=False, enable_progress_bar=False)
+    dm.trainer.state.fn = "validate"
+    dm.load_state_dict(SyntheticShapes(batch_size=4, train_size=64).state_dict())
+    dm.trainer.state.fn = "fit"
+    with pytest.raises(ValueError, match=r"batch_size=4, but this one has batch_size=8"):
+        dm.load_state_dict(SyntheticShapes(batch_size=4, train_size=64).state_dict())
