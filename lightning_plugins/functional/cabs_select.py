@@ -6,6 +6,8 @@ import hashlib
 import heapq
 import math
 from collections.abc import Sequence
+from itertools import compress
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -192,13 +194,11 @@ class _Occurrences(NamedTuple):
 
     flat: np.ndarray  # dense concept id of each occurrence, samples in order
     lengths: np.ndarray  # [num_samples] occurrences of each sample
-    holder: np.ndarray  # sample of each occurrence, grouped by concept, samples ascending
+    holder: np.ndarray  # sample of each occurrence, grouped by concept, most copies first
     multiplicity: np.ndarray  # copies of its concept in its sample, for each of `holder`
     concept_start: np.ndarray  # [K + 1] CSR offsets into `holder`
     present: np.ndarray  # [K] vocabulary id of each dense id
     frequencies: np.ndarray  # [K] samples holding each concept
-    repeated: np.ndarray  # positions in `holder` of the occurrences with multiplicity > 1
-    repeated_start: np.ndarray  # [K + 1] CSR offsets into `repeated`
 
 
 class _TermTable(NamedTuple):
@@ -248,17 +248,15 @@ def _occurrences(ids: np.ndarray, starts: np.ndarray) -> _Occurrences:
     multiplicity = np.bincount(pair)[pair] if ids.size else pair
     concept_start = np.append(np.flatnonzero(new_concept), ids.size)
     frequencies = np.bincount(dense[new_pair], minlength=concept_start.size - 1)
-    repeated = np.flatnonzero(multiplicity > 1)
+    most_copies_first = np.argsort(dense * (_MAX_OBJECTS + 1) - multiplicity, kind="stable")
     return _Occurrences(
         flat,
         lengths,
-        holder,
-        multiplicity,
+        holder[most_copies_first],
+        multiplicity[most_copies_first],
         concept_start,
         concept_of[new_concept],
         frequencies,
-        repeated,
-        np.searchsorted(repeated, concept_start),
     )
 
 
@@ -280,11 +278,14 @@ class _GreedyState:
     """Counts, exact gain sums and exclusion bounds of one DM selection.
 
     ``keys`` holds each sample's gain in units of ``2**-32`` (``_PICKED`` once picked),
-    computed from ``sums``, the exact integer sum of its occurrence gains. ``need`` is
-    the cap a sample needs, ``max_c (count_c + copies of c in it)``, kept exact for every
-    concept that could exceed the cap; a sample is excluded while ``need > cap``. The
-    per-pick loop runs on Python lists (``counts``, ``position`` into the term table),
-    the per-round updates on arrays.
+    computed from ``sums``, the exact integer sum of its occurrence gains. A sample is
+    excluded while ``need > cap``: ``need`` is at most the cap the sample needs,
+    ``max_c (count_c + copies of c in it)``, and above the cap exactly when that is. A
+    count that takes holders past the cap sets their ``need`` to ``cap + 1``;
+    :meth:`raise_cap` makes it exact again where the raised cap needs it. ``crowded``
+    holds the concepts that may take a holder past the cap (``count_c + max copies >
+    cap``) with their ladders (see :meth:`_ladder`). The per-pick loop runs on Python
+    lists (``counts``, ``position`` into the term table), the per-round updates on arrays.
     """
 
     def __init__(
@@ -296,13 +297,13 @@ class _GreedyState:
         batch_size: int,
         cap: int | None,
     ) -> None:
-        self.occurrences = occ = _occurrences(ids, offsets)
-        lengths = occ.lengths
+        lengths = np.diff(offsets)
         if lengths.size and lengths.max() > _MAX_OBJECTS:
             raise ValueError(
                 f"`concepts` holds a sample with {lengths.max()} objects; DM handles at most "
                 f"{_MAX_OBJECTS} per sample."
             )
+        self.occurrences = occ = _occurrences(ids, offsets)
         num_present = occ.present.size
         if targets is None:  # uniform over the concepts present
             wanted = np.full(num_present, 1.0 / max(num_present, 1))
@@ -313,17 +314,19 @@ class _GreedyState:
         self.table_list = self.table.values.tolist()
         self.position = self.table.start.tolist()  # each concept's entry at its count
         self.counts = [0] * num_present
-        self.max_copies = (
-            np.maximum.reduceat(occ.multiplicity, occ.concept_start[:-1]).tolist()
-            if num_present
-            else []
-        )
+        max_copies = occ.multiplicity[occ.concept_start[:-1]]  # most copies come first
+        self.max_copies = max_copies.tolist()
         self.starts, self.flat = offsets.tolist(), occ.flat.tolist()  # rows for the pick loop
         self.rank = np.empty(order.size, dtype=np.int64)
         self.rank[order] = np.arange(order.size)
         self.cap = self.step = np.inf if cap is None else float(cap)
         self.need = (lengths > 0).astype(np.int64)
-        np.maximum.at(self.need, occ.holder[occ.repeated], occ.multiplicity[occ.repeated])
+        repeated = occ.multiplicity > 1
+        np.maximum.at(self.need, occ.holder[repeated], occ.multiplicity[repeated])
+        self.crowded = {
+            concept: self._ladder(concept)
+            for concept in np.flatnonzero(max_copies > self.cap).tolist()
+        }
         cumulative = np.zeros(ids.size + 1, dtype=np.int64)
         # int64 may wrap in the running sum; the differences (true sums) are exact
         np.cumsum(self.table.values[self.table.start[occ.flat]], out=cumulative[1:])
@@ -351,16 +354,37 @@ class _GreedyState:
 
     def eligible(self, queue: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
         """The entries of a queue that the cap does not exclude now, as a heap."""
-        positions = np.fromiter((entry[2] for entry in queue), np.int64, len(queue))
-        fits = (self.need[positions] <= self.cap).tolist()
-        queue = [entry for entry, keep in zip(queue, fits, strict=True) if keep]
+        fits = self.need[list(map(itemgetter(2), queue))] <= self.cap
+        queue = list(compress(queue, fits.tolist()))
         heapq.heapify(queue)
         return queue
 
     def raise_cap(self) -> None:
-        """Raise the cap by its first value, as often as it takes for a remaining sample to fit."""
+        """Raise the cap by its first value, as often as it takes for a remaining sample to fit.
+
+        ``need`` is first made exact wherever it exceeds the cap one step up, so that the
+        smallest ``need`` of the remaining samples tells how many steps it takes.
+        """
+        above = int(self.cap + self.step)
+        begin, end, counts = [], [], []
+        for concept, ladder in self.crowded.items():
+            count = self.counts[concept]
+            if count + len(ladder) - 1 > above:  # holders with above - count + 1 copies or more
+                begin.append(ladder[-1])
+                end.append(ladder[above - count])
+                counts.append(count)
+        if begin:
+            occ = self.occurrences
+            span = _ranges(np.array(begin), np.array(end))
+            need = np.repeat(counts, np.subtract(end, begin)) + occ.multiplicity[span]
+            np.maximum.at(self.need, occ.holder[span], need)
         lacking = float(self.need[self.keys > _PICKED].min()) - self.cap
         self.cap += self.step * math.ceil(lacking / self.step)
+        self.crowded = {
+            concept: ladder
+            for concept, ladder in self.crowded.items()
+            if self.counts[concept] + len(ladder) - 1 > self.cap
+        }
 
     def gain(self, position: int) -> int | None:
         """The key of one sample at the current counts (as :func:`_keys`), ``None`` if excluded."""
@@ -381,19 +405,31 @@ class _GreedyState:
             count = counts[concept] = counts[concept] + 1
             if values[entry[concept]] > 0:  # under target: move to the next count's gain
                 entry[concept] += 1
-            if count + copies[concept] > self.cap:  # a holder outgrows the cap
-                self._raise_need(concept, count)
+            if count + copies[concept] > self.cap:  # holders may outgrow the cap
+                self._exclude(concept, count)
         return row
 
-    def _raise_need(self, concept: int, count: int) -> None:
-        """Update ``need`` of the holders of ``concept`` that ``count`` takes past the cap."""
+    def _exclude(self, concept: int, count: int) -> None:
+        """Exclude the holders of ``concept`` that its new ``count`` takes past the cap."""
+        ladder = self.crowded.get(concept)
+        if ladder is None:
+            ladder = self.crowded[concept] = self._ladder(concept)
+        copies = int(self.cap) + 1 - count  # holders with more copies are excluded already
+        first, last = ladder[copies], ladder[copies - 1]
+        if first < last:
+            self.need[self.occurrences.holder[first:last]] = int(self.cap) + 1
+
+    def _ladder(self, concept: int) -> list[int]:
+        """``ladder[j]``: where the holders of ``concept`` with more than ``j`` copies end.
+
+        For ``j = 0 .. max copies``: the holders with ``m`` copies lie in
+        ``holder[ladder[m] : ladder[m - 1]]``, ``ladder[-1]`` is where they start.
+        """
         occ = self.occurrences
-        if count >= self.cap:  # every holder
-            span = slice(occ.concept_start[concept], occ.concept_start[concept + 1])
-        else:  # only a holder with more than one copy can
-            span = occ.repeated[occ.repeated_start[concept] : occ.repeated_start[concept + 1]]
-        holders = occ.holder[span]
-        self.need[holders] = np.maximum(self.need[holders], count + occ.multiplicity[span])
+        begin, end = occ.concept_start[concept], occ.concept_start[concept + 1]
+        negative_copies = -occ.multiplicity[begin:end]  # ascending
+        more = np.searchsorted(negative_copies, -np.arange(self.max_copies[concept] + 1))
+        return (begin + more).tolist()
 
     def take(self, picked: list[int], concepts: list[int]) -> None:
         """Mark ``picked`` taken and re-score the samples holding ``concepts`` (theirs)."""
