@@ -18,7 +18,7 @@ import lightning_plugins.losses
 import lightning_plugins.modules  # noqa: F401
 from lightning_plugins.functional._checks import check_checkpoint_file
 
-__all__ = ["SaveConfigKeepingInputs", "main"]
+__all__ = ["SAVED_CONFIG_HEADER", "SaveConfigKeepingInputs", "main"]
 
 # the first line of every config this command saves: a file with it may be overwritten
 SAVED_CONFIG_HEADER = "# Saved by lightning-plugins; the next run into this folder replaces it.\n"

@@ -444,6 +444,8 @@ def create_image_text_model(
             raise _load_error(towers.model_name, pretrained, err, **build) from err
     if image_tower_weights is not None and not os.path.isfile(image_tower_weights):
         raise ValueError(f"`image_tower_weights`={image_tower_weights!r} is not an existing file.")
+    if image_tower_weights is not None:
+        check_checkpoint_file(image_tower_weights, "image_tower_weights")
     _check_image_tower(image_tower)
     _check_text_tower(text_tower)
     text_width = _text_width(text_tower)

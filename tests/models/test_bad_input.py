@@ -149,3 +149,13 @@ def test_towers_settings(kwargs, error, match):
 def test_builder_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_a_broken_image_tower_weights_file_is_named(files):
+    towers = ImageTextTowers(
+        image_tower="test_resnet",
+        text_tower="/no/such/folder",
+        image_tower_weights=str(files / "truncated.pt"),
+    )
+    with pytest.raises(ValueError, match=r"`image_tower_weights`='.*truncated.pt' is no readable"):
+        create_image_text_model(towers, init_logit_scale=1.0)
