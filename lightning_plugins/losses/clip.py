@@ -76,8 +76,8 @@ class ClipLoss(ContrastiveLoss):
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None,
         batch: GlobalBatch,
         reduction: str,
     ) -> torch.Tensor:

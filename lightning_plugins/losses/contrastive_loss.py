@@ -52,8 +52,8 @@ class ContrastiveLoss(nn.Module, ABC):
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None,
         batch: GlobalBatch,
         reduction: str,
     ) -> torch.Tensor:
@@ -63,8 +63,8 @@ class ContrastiveLoss(nn.Module, ABC):
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None = None,
         reduction: str = "mean",
     ) -> torch.Tensor:
         """Loss of the local rows against the global batch.

@@ -74,8 +74,8 @@ class CWCLLoss(ContrastiveLoss):
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None,
         batch: GlobalBatch,
         reduction: str,
     ) -> torch.Tensor:

@@ -72,8 +72,8 @@ class SigLipLoss(ContrastiveLoss):
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None,
         batch: GlobalBatch,
         reduction: str,
     ) -> torch.Tensor:
@@ -97,8 +97,8 @@ class SigLipLoss(ContrastiveLoss):
         self,
         images: torch.Tensor,
         texts: torch.Tensor,
-        scale: torch.Tensor,
-        bias: torch.Tensor | None,
+        scale: torch.Tensor | float,
+        bias: torch.Tensor | float | None,
         batch: GlobalBatch,
     ) -> torch.Tensor:
         """Local block with positives, then every other rank's texts as negatives."""
