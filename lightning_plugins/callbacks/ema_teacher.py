@@ -564,7 +564,13 @@ class EMATeacher(Callback):
         average's dtype) in place of the live ones, on the CPU; load it with
         ``module.load_state_dict(torch.load(path, weights_only=True))``. Under DDP or FSDP
         every rank must call it.
+
+        Raises:
+            TypeError: for a ``path`` that is no string or path.
+            RuntimeError: before fitting (there is no average yet).
         """
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"`path` must be a file path, got {path!r} ({type(path).__name__}).")
         average = self._average
         if average is None:
             raise RuntimeError("EMATeacher.export needs a fitted module: call it after fitting.")

@@ -136,3 +136,20 @@ def test_adding_a_second_teacher_on_resume_is_fine(checkpoint_of_teacher, tmp_pa
     old, new = EMATeacher(decay=0.9, name="teacher"), EMATeacher(name="fast")
     fit(tmp_path, [old, new], max_steps=4, ckpt_path=checkpoint_of_teacher)
     assert old.num_updates == 4 and new.num_updates == 2
+
+
+def test_export_names_a_path_of_the_wrong_type(tmp_path):
+    ema = EMATeacher()
+    fit(tmp_path, [ema], max_steps=2)
+    with pytest.raises(TypeError, match=r"`path` must be a file path, got 3 \(int\)"):
+        ema.export(3)
+    ema.export(tmp_path / "ema.pt")
+    assert (tmp_path / "ema.pt").is_file()
+
+
+def test_teacher_view_refuses_private_and_missing_attributes(tmp_path):
+    module, _ = fit(tmp_path, [EMATeacher()], max_steps=2)
+    with pytest.raises(AttributeError, match="_secret"):
+        module.teacher._secret  # noqa: B018
+    with pytest.raises(AttributeError, match="no_such_layer"):
+        module.teacher.no_such_layer  # noqa: B018
