@@ -106,6 +106,20 @@ def test_dm_matches_plain_greedy_at_scale():
     assert got.tolist() == reference_dm(rows, 80, None, 3, tie_order(1, 400))
 
 
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_dm_matches_plain_greedy_with_many_copies(cap):
+    # samples with up to 7 copies of a concept: counts take holders past the cap a few
+    # copies at a time, and the cap may have to rise several steps at once
+    rng = random.Random(cap)
+    rows = [
+        [rng.randrange(6)] * rng.randint(1, 7)
+        + [rng.randrange(60) for _ in range(rng.randint(0, 3))]
+        for _ in range(300)
+    ]
+    got = cabs_select(rows, 90, "dm", cap=cap, generator=torch.Generator().manual_seed(cap))
+    assert got.tolist() == reference_dm(rows, 90, None, cap, tie_order(cap, 300))
+
+
 @pytest.mark.parametrize("case", range(20))
 def test_fm_is_most_objects_first_stable(case):
     rng = random.Random(case)
