@@ -7,18 +7,19 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_plugins.functional._checks import check_int
+from lightning_plugins.functional._checks import check_int, check_template_fields
 
 __all__ = ["check_templates", "zero_shot_classifier"]
 
 
 def check_templates(templates: Sequence[str], name: str = "templates") -> None:
-    """Raise ``ValueError`` unless ``templates`` is non-empty and each has one ``{}``."""
+    """Raise ``ValueError`` unless ``templates`` is non-empty and each has exactly one ``{}``."""
     if isinstance(templates, str) or len(templates) == 0:
         raise ValueError(f"`{name}` must be a non-empty list of templates, got {templates!r}.")
     for template in templates:
         if not isinstance(template, str) or "{}" not in template:
             raise ValueError(f"`{name}` entry {template!r} has no '{{}}' for the class name.")
+    check_template_fields(templates, name)
 
 
 @torch.no_grad()

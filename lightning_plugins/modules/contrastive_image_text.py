@@ -27,7 +27,6 @@ from lightning_plugins.functional._checks import (
     check_choice,
     check_float,
     check_int,
-    check_template_fields,
 )
 from lightning_plugins.functional.distillation import DISTILLATION_KINDS, image_text_distillation
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
@@ -164,9 +163,7 @@ class ContrastiveImageText(pl.LightningModule):
                 f"`loss`={loss!r} takes its weights from the frozen {frozen} tower, but "
                 f"`lock_{frozen}` is False; set `lock_{frozen}=True` (or use ClipLoss)."
             )
-        self.zero_shot_classes = _zero_shot_classes(zero_shot)
-        if self.zero_shot_classes is not None:
-            check_template_fields(self.zero_shot_classes.prompt_templates, "zero_shot.templates")
+        self.zero_shot_classes = _zero_shot_classes(zero_shot)  # checks the templates
         eval_chunk_size = check_int(eval_chunk_size, "eval_chunk_size", low=1)
         distill_weight = check_float(distill_weight, "distill_weight", low=0)
         if distill_kind is not None:
@@ -435,17 +432,13 @@ class ContrastiveImageText(pl.LightningModule):
             class_names: the classes.
             templates: prompt templates, each with one ``{}``.
         """
-        check_template_fields(templates)
         chunk = self.hparams.eval_chunk_size
         return zero_shot_classifier(self.encode_prompts, class_names, templates, chunk)
 
     def _eval_epoch_start(self) -> None:
         classes = self.zero_shot_classes
         if classes is None:
-            classes = read_zero_shot_data(self.trainer.datamodule)
-            if classes is not None:
-                where = f"{type(self.trainer.datamodule).__name__}.templates"
-                check_template_fields(classes.prompt_templates, where)
+            classes = read_zero_shot_data(self.trainer.datamodule)  # checks the templates
         self.evaluation.start(classes, self.encode_prompts)
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
