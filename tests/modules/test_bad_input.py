@@ -172,7 +172,7 @@ class ShapesWithTwoFieldTemplates(SyntheticShapes):
 
 def test_a_datamodules_template_with_two_fields_is_named_at_evaluation():
     dm = ShapesWithTwoFieldTemplates(batch_size=4, train_size=4, zero_shot_size=8)
-    with pytest.raises(ValueError, match=r"ShapesWithTwoFieldTemplates's zero-shot data: `templates` entry"):
+    with pytest.raises(ValueError, match=r"TwoFieldTemplates's zero-shot data: `templates` entry"):
         trainer(max_steps=1, num_sanity_val_steps=0).fit(CLIP(model_name=MICRO), dm)
 
 
