@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning.pytorch as pl
 import open_clip
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,6 +14,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_plugins.datamodules.checked_resume import CheckedResume
 from lightning_plugins.datamodules.concept_vocabulary import concept_ids, read_vocabulary
 from lightning_plugins.datamodules.data_source import resolve_source
 from lightning_plugins.datamodules.decoding_stream import DecodingStream
@@ -30,7 +30,6 @@ from lightning_plugins.functional._checks import (
     check_choice,
     check_int,
     check_length,
-    check_resume_state,
 )
 from lightning_plugins.functional.cabs_select import check_cabs_arguments
 from lightning_plugins.functional.concept_lists import concept_csr
@@ -52,11 +51,6 @@ __all__ = [
 ]
 
 SAMPLINGS = ("iid", "cabs")
-_ADVICE = (
-    "The checkpoint's position in the epoch only fits the same training stream: resume "
-    "with the same settings and data, or start a new fit from the checkpoint's weights "
-    "(e.g. `Module.load_from_checkpoint`) to change them."
-)
 
 
 @dataclass
@@ -71,7 +65,7 @@ class _Split:
     ready: bool = False
 
 
-class ImageTextDataModule(pl.LightningDataModule):
+class ImageTextDataModule(CheckedResume):
     r"""Image-text pairs with concept annotations, sampled i.i.d. or with CABS.
 
     **Data.** ``train`` (and ``val``) is either a manifest or tar shards:
@@ -425,25 +419,6 @@ class ImageTextDataModule(pl.LightningDataModule):
                 else sum(self._train.sizes)
             )
         return config
-
-    def state_dict(self) -> dict[str, Any]:
-        """:meth:`config`, saved by Lightning in checkpoints to check a resume."""
-        return {"config": self.config()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check that a checkpoint was saved with this module's settings and data size.
-
-        Only a fit resumes the training stream: under ``validate`` / ``test`` / ``predict``
-        nothing is compared.
-
-        Raises:
-            ValueError: naming every setting of :meth:`config` that differs, with the
-                saved and the current value.
-        """
-        trainer = self.trainer
-        if trainer is not None and trainer.state.fn != "fit":
-            return
-        check_resume_state(state_dict, type(self).__name__, self.config(), (), advice=_ADVICE)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Retrieval pairs (``image``, ``caption``, ``index``) in order; ``[]`` if no ``val``."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_plugins.datamodules.checked_resume import CheckedResume
 from lightning_plugins.datamodules.shapes_scene import (
     COLORS,
     SHAPES,
@@ -25,7 +25,6 @@ from lightning_plugins.functional._checks import (
     check_choice,
     check_float,
     check_int,
-    check_resume_state,
 )
 from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 
@@ -34,11 +33,6 @@ __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("one {}", "a picture of one {}", "an image with one {}")
 _STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
 SAMPLING_MODES = ("iid", "cabs")
-_ADVICE = (
-    "The checkpoint's position in the epoch only fits the same training stream: resume "
-    "with the same settings, or start a new fit from the checkpoint's weights (e.g. "
-    "`Module.load_from_checkpoint`) to change them."
-)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -186,7 +180,7 @@ class ShapesClassification(Dataset):
         }
 
 
-class SyntheticShapes(pl.LightningDataModule):
+class SyntheticShapes(CheckedResume):
     """Built-in image-text data with long-tailed concepts; needs no download.
 
     Images (default 32x32) hold 1-4 objects, each one of 64 concepts (8 shapes x 8
@@ -387,25 +381,6 @@ class SyntheticShapes(pl.LightningDataModule):
         if self.sampling == "cabs":
             config["filter_ratio"] = float(self.cabs["filter_ratio"])
         return config
-
-    def state_dict(self) -> dict[str, Any]:
-        """:meth:`config`, saved by Lightning in checkpoints to check a resume."""
-        return {"config": self.config()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check that a checkpoint was saved with this module's settings.
-
-        Only a fit resumes the training stream: under ``validate`` / ``test`` / ``predict``
-        nothing is compared.
-
-        Raises:
-            ValueError: naming every setting of :meth:`config` that differs, with the
-                saved and the current value.
-        """
-        trainer = self.trainer
-        if trainer is not None and trainer.state.fn != "fit":
-            return
-        check_resume_state(state_dict, type(self).__name__, self.config(), (), advice=_ADVICE)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Zero-shot classification images, then retrieval pairs."""
