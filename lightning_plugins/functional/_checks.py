@@ -584,3 +584,45 @@ def check_scored_rows(num_local: int, num_scored: int, reduction: str) -> None:
             "`image_features` holds no rows, and the mean loss of no rows is undefined; "
             "use reduction='sum' or 'none' for a process without local rows."
         )
+
+
+def check_paired_loss_inputs(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    all_image_features: torch.Tensor | None,
+    all_text_features: torch.Tensor | None,
+    label_offset: int,
+    reduction: str,
+) -> tuple[int, torch.Tensor | float, torch.Tensor, torch.Tensor, dict[str, torch.Tensor | None]]:
+    """The checks of a loss whose local pairs are scored against both global modalities.
+
+    Shared by :func:`~lightning_plugins.functional.clip_loss` and
+    :func:`~lightning_plugins.functional.cwcl_loss`.
+
+    Returns:
+        ``(label_offset, logit_scale, all_images, all_texts, features)``: the checked
+        offset and scale, the global features (the local ones when not given), and the
+        feature inputs by name for :func:`check_finite_loss`.
+    """
+    check_reduction(reduction)
+    check_feature_pair(image_features, text_features)
+    label_offset = check_int(label_offset, "label_offset")
+    all_images = image_features if all_image_features is None else all_image_features
+    all_texts = text_features if all_text_features is None else all_text_features
+    check_global_features(
+        image_features,
+        label_offset,
+        all_image_features=all_images,
+        all_text_features=all_texts,
+    )
+    features = {
+        "image_features": image_features,
+        "text_features": text_features,
+        "all_image_features": all_image_features,
+        "all_text_features": all_text_features,
+    }
+    check_feature_dtypes(**features)
+    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    check_scored_rows(image_features.shape[0], all_texts.shape[0], reduction)
+    return label_offset, logit_scale, all_images, all_texts, features

@@ -6,14 +6,8 @@ import torch
 
 from lightning_plugins.functional._checks import (
     apply_reduction,
-    check_feature_dtypes,
-    check_feature_pair,
     check_finite_loss,
-    check_global_features,
-    check_int,
-    check_logit_scalar,
-    check_reduction,
-    check_scored_rows,
+    check_paired_loss_inputs,
 )
 from lightning_plugins.functional.contrastive_rows import (
     check_chunk_size,
@@ -81,27 +75,16 @@ def clip_loss(
         >>> clip_loss(img, img.roll(1, 0), logit_scale=100.0) > 1.0
         tensor(True)
     """
-    check_reduction(reduction)
     check_chunk_size(chunk_size)
-    check_feature_pair(image_features, text_features)
-    label_offset = check_int(label_offset, "label_offset")
-    all_images = image_features if all_image_features is None else all_image_features
-    all_texts = text_features if all_text_features is None else all_text_features
-    check_global_features(
+    label_offset, logit_scale, all_images, all_texts, features = check_paired_loss_inputs(
         image_features,
+        text_features,
+        logit_scale,
+        all_image_features,
+        all_text_features,
         label_offset,
-        all_image_features=all_images,
-        all_text_features=all_texts,
+        reduction,
     )
-    features = {
-        "image_features": image_features,
-        "text_features": text_features,
-        "all_image_features": all_image_features,
-        "all_text_features": all_text_features,
-    }
-    check_feature_dtypes(**features)
-    logit_scale = check_logit_scalar(logit_scale, "logit_scale", image_features, positive=True)
-    check_scored_rows(image_features.shape[0], all_texts.shape[0], reduction)
     if all_image_features is None and all_text_features is None:
         if chunk_size is None:
             # One batch, one matrix: text->image is the softmax over its columns. Both
