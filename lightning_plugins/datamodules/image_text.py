@@ -111,7 +111,9 @@ class ImageTextDataModule(CheckedResume):
     **State.** The constructor's arguments stay attributes of the same names (except the
     CABS settings, grouped in ``cabs``, and ``mean`` / ``std``, kept in ``transforms``);
     what :meth:`setup` reads is in one record per split and in ``num_concepts``,
-    ``concept_names`` and ``concept_frequencies``.
+    ``concept_names`` and ``concept_frequencies``. That makes 18 attributes, and the class
+    is long mostly for this docstring (two data formats, the vocabulary, two samplings):
+    its code is about 230 lines.
 
     **Batches.** Training batches hold ``image`` (``[B, 3, S, S]`` float, open_clip's
     transform), ``caption`` (list of ``B`` strings; the module tokenizes them),
