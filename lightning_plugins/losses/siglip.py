@@ -6,7 +6,7 @@ import torch
 
 from lightning_plugins.distributed import neighbour_exchange
 from lightning_plugins.functional import siglip_loss
-from lightning_plugins.functional._checks import check_choice
+from lightning_plugins.functional._checks import check_bool, check_choice
 from lightning_plugins.functional.contrastive_rows import check_chunk_size, sigmoid_row_loss
 from lightning_plugins.losses._global_batch import GlobalBatch
 from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
@@ -14,6 +14,8 @@ from lightning_plugins.losses.contrastive_loss import ContrastiveLoss
 __all__ = ["SigLipLoss"]
 
 _DIST_IMPLS = ("ring", "gather")
+# open_clip's names of its implementations, and ours that give the same loss
+_OPEN_CLIP_DIST_IMPLS = {None: "ring", "bidir": "ring", "shift": "ring", "reduce": "gather"}
 
 
 class SigLipLoss(ContrastiveLoss):
@@ -35,14 +37,31 @@ class SigLipLoss(ContrastiveLoss):
     ``chunk_size=k`` scores ``k`` image rows at a time in forward and backward, recomputing
     each block in backward: extra memory ``O(k * N)``, same values and gradients.
 
+    **A drop-in for open_clip's ``SigLipLoss``.** The constructor takes open_clip's
+    arguments (``cache_labels``, ``rank``, ``world_size``, ``dist_impl``, also
+    open_clip's ``dist_impl`` names) and the call takes ``output_dict=True``, which
+    returns ``{"contrastive_loss": loss}``: swapping the import is all it takes.
+
     Args:
+        cache_labels: accepted for open_clip's signature and ignored (no labels are
+            cached).
+        rank: accepted for open_clip's signature and ignored: the rank is read from
+            ``torch.distributed``. A value given must match it once it is initialized.
+        world_size: as ``rank``, for the number of processes.
+        dist_impl: ``"ring"`` or ``"gather"``; open_clip's names are accepted for the
+            same loss: ``None``, ``"bidir"`` and ``"shift"`` run ``"ring"``,
+            ``"reduce"`` runs ``"gather"``.
         chunk_size: image rows per block, or ``None`` to build each block at once.
-        dist_impl: ``"ring"`` or ``"gather"``.
         normalized: the features must be L2-normalised; checked on the first call (one
             host sync), after which the check is skipped. ``False`` accepts any features.
 
     Raises:
-        ValueError: ``chunk_size`` below 1 or an unknown ``dist_impl`` at construction;
+        TypeError: a ``cache_labels`` that is no bool, or a ``rank`` / ``world_size`` that
+            is no integer.
+        ValueError: ``chunk_size`` below 1, an unknown ``dist_impl``, a negative ``rank``,
+            ``world_size`` below 1 or not above ``rank``, or a ``rank`` / ``world_size``
+            that contradicts an initialized ``torch.distributed`` at construction (or, if
+            it starts later, at the first call);
             at call time, features of unequal shape, unnormalised features (first call,
             see ``normalized``), a global batch of fewer than two
             pairs, an unknown ``reduction``, or non-finite inputs.
@@ -55,17 +74,33 @@ class SigLipLoss(ContrastiveLoss):
         >>> chunked = SigLipLoss(chunk_size=2)(feats, feats, torch.tensor(10.0), torch.tensor(-5.0))
         >>> round(chunked.item(), 4)
         0.0201
+
+        open_clip's constructor and call:
+
+        >>> loss = SigLipLoss(cache_labels=False, rank=0, world_size=1, dist_impl=None)
+        >>> loss.dist_impl
+        'ring'
+        >>> loss(feats, feats, torch.tensor(10.0), torch.tensor(-5.0), output_dict=True)
+        {'contrastive_loss': tensor(0.0201)}
     """
 
     def __init__(
-        self, chunk_size: int | None = None, dist_impl: str = "ring", normalized: bool = True
+        self,
+        cache_labels: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        dist_impl: str | None = "ring",
+        chunk_size: int | None = None,
+        normalized: bool = True,
     ) -> None:
         super().__init__(normalized)
         check_chunk_size(chunk_size)
+        check_bool(cache_labels, "cache_labels")
+        if isinstance(dist_impl, str | None) and dist_impl in _OPEN_CLIP_DIST_IMPLS:
+            dist_impl = _OPEN_CLIP_DIST_IMPLS[dist_impl]
         check_choice(dist_impl, "dist_impl", _DIST_IMPLS)
+        self._check_process_group(rank, world_size)
         self.chunk_size = chunk_size
-        self.normalized = normalized
-        self._norm_checked = False
         self.dist_impl = dist_impl
 
     def global_loss(
