@@ -11,26 +11,26 @@ from lightning_plugins.models import resolve_path
 __all__ = ["concept_ids", "read_vocabulary"]
 
 
-def read_vocabulary(value: str | list[str]) -> list[str]:
-    """The names of a ``concept_vocabulary`` argument: a text file (one per line) or a list."""
+def read_vocabulary(value: str | list[str], argument: str = "concept_vocabulary") -> list[str]:
+    """The names of an ``argument`` such as ``concept_vocabulary``: a text file or a list."""
     if isinstance(value, str):
         path = resolve_path(value)
         if not os.path.isfile(path):
-            raise ValueError(f"`concept_vocabulary`={value!r} is not an existing file.")
+            raise ValueError(f"`{argument}`={value!r} is not an existing file.")
         with open(path, encoding="utf-8") as handle:
             names = [line.strip() for line in handle if line.strip()]
     elif isinstance(value, (list, tuple)) and all(isinstance(n, str) and n for n in value):
         names = list(value)
     else:
         raise ValueError(
-            f"`concept_vocabulary`={value!r} must be a path to a text file with one name per "
+            f"`{argument}`={value!r} must be a path to a text file with one name per "
             "line, a list of non-empty names, or None."
         )
     if not names:
-        raise ValueError(f"`concept_vocabulary`={value!r} holds no names.")
+        raise ValueError(f"`{argument}`={value!r} holds no names.")
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise ValueError(f"`concept_vocabulary` lists {duplicates[:5]} more than once.")
+        raise ValueError(f"`{argument}` lists {duplicates[:5]} more than once.")
     return names
 
 

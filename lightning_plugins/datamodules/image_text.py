@@ -21,6 +21,7 @@ from lightning_plugins.datamodules.decoding_stream import DecodingStream
 from lightning_plugins.datamodules.expand_braces import expand_braces
 from lightning_plugins.datamodules.image_text_pairs import ImageTextPairs
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
+from lightning_plugins.datamodules.labelled_images import LabelledImages, read_labelled_images
 from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_image
 from lightning_plugins.datamodules.shard_samples import scan_shards
@@ -33,7 +34,9 @@ from lightning_plugins.functional._checks import (
 )
 from lightning_plugins.functional.cabs_select import check_cabs_arguments
 from lightning_plugins.functional.concept_lists import concept_csr
-from lightning_plugins.models import list_model_names
+from lightning_plugins.functional.zero_shot import check_templates
+from lightning_plugins.metrics import ZeroShotClasses
+from lightning_plugins.models import list_model_names, resolve_path
 from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 from lightning_plugins.sampling.concept_aware_batch_sampler import super_batch_size
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
@@ -98,6 +101,17 @@ class ImageTextDataModule(CheckedResume):
     reads every ``.txt`` and ``.json`` member once (no image data) to count samples and
     concepts.
 
+    **Zero-shot evaluation.** ``zero_shot_val`` names labelled images: a JSONL / CSV
+    manifest with ``image`` and ``label`` (a class name, or an integer id into
+    ``class_names``), or a folder laid out as torchvision's ``ImageFolder``
+    (``<root>/<class name>/<image>``). The classes are ``class_names`` (a list or a text
+    file with one name per line) or, without it, the sorted label names or sub-folders.
+    After :meth:`setup` the module has ``class_names``, ``templates`` and ``class_groups``
+    (the :class:`~lightning_plugins.metrics.ZeroShotData` protocol our modules read), and
+    validation batches of those images carry ``label``, so the module logs
+    ``val/zero_shot_top1`` etc. Without ``zero_shot_val``, ``class_names`` is ``None`` and
+    validation is retrieval only.
+
     **Sampling.** ``"iid"`` shuffles (map-style: a :class:`ShuffleSampler` per epoch;
     shards: the shard order). ``"cabs"`` is Concept-Aware Batch Sampling: each batch is
     chosen from a super-batch of ``batch_size / (1 - filter_ratio)`` candidates by their
@@ -111,15 +125,18 @@ class ImageTextDataModule(CheckedResume):
     **State.** The constructor's arguments stay attributes of the same names (except the
     CABS settings, grouped in ``cabs``, and ``mean`` / ``std``, kept in ``transforms``);
     what :meth:`setup` reads is in one record per split and in ``num_concepts``,
-    ``concept_names`` and ``concept_frequencies``. That makes 18 attributes, and the class
-    is long mostly for this docstring (two data formats, the vocabulary, two samplings):
-    its code is about 230 lines.
+    ``concept_names`` and ``concept_frequencies``; zero-shot evaluation adds
+    ``zero_shot_val``, its dataset and the three protocol attributes. That makes 23
+    attributes, and the class is long mostly for this docstring (two data formats, the
+    vocabulary, two samplings, zero-shot data).
 
     **Batches.** Training batches hold ``image`` (``[B, 3, S, S]`` float, open_clip's
     transform), ``caption`` (list of ``B`` strings; the module tokenizes them),
     ``concepts`` (``[B, max_objects]`` int64 ids padded with -1) and ``index`` (``[B]``
-    int64 position in the training set). Validation batches (retrieval pairs) hold
-    ``image``, ``caption`` and ``index``. Training loaders are torchdata
+    int64 position in the training set). Validation batches of retrieval pairs hold
+    ``image``, ``caption`` and ``index``; those of ``zero_shot_val`` hold ``image``,
+    ``label`` and ``index``; the validation loaders are ``[zero-shot, retrieval]`` (either
+    alone when only one is given). Training loaders are torchdata
     ``StatefulDataLoader``s, so a run resumed from a mid-epoch checkpoint continues the
     same stream. For shards the epoch is counted by the dataset itself (Lightning calls
     ``set_epoch`` on samplers only), one per pass; workers are kept alive across epochs
@@ -162,6 +179,14 @@ class ImageTextDataModule(CheckedResume):
         concept_vocabulary: path to a text file with one concept name per line, a list of
             names, or ``None`` to build it from the training data.
         drop_last: ``"iid"``: drop the last incomplete training batch of every epoch.
+        zero_shot_val: labelled validation images for zero-shot classification: a JSONL /
+            CSV manifest with ``image`` and ``label``, or an ImageFolder-style folder; or
+            ``None``.
+        class_names: ``zero_shot_val``'s classes (a list, or a text file with one name per
+            line); ``None`` to take the sorted label names or sub-folders.
+        templates: zero-shot prompt templates with one ``{}``; ``None`` for the default.
+        class_groups: named subsets of class ids reported apart (``zero_shot_top1_<name>``),
+            or ``None``.
 
     Raises:
         TypeError: at construction for a size, ``num_workers`` or ``seed`` that is not an
@@ -172,7 +197,10 @@ class ImageTextDataModule(CheckedResume):
             outside ``[0, 1)``, non-positive sizes); at :meth:`setup` for bad data (a row
             without ``image`` / ``caption``, an unknown concept name, more concepts than
             ``max_objects``, ``"cabs"`` without any annotation, ``cabs_targets`` that do
-            not fit the vocabulary).
+            not fit the vocabulary; in ``zero_shot_val`` an unknown class name or id, an
+            empty folder or class folder, each naming the file or folder). ``class_names``,
+            ``templates`` or ``class_groups`` without ``zero_shot_val``, or a template
+            without ``{}``, is a ``ValueError`` at construction.
 
     Example:
         >>> import json, os, tempfile
@@ -217,6 +245,10 @@ class ImageTextDataModule(CheckedResume):
         max_objects: int = 32,
         concept_vocabulary: str | list[str] | None = None,
         drop_last: bool = True,
+        zero_shot_val: str | None = None,
+        class_names: str | list[str] | None = None,
+        templates: list[str] | None = None,
+        class_groups: dict[str, list[int]] | None = None,
     ) -> None:
         super().__init__()
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -246,6 +278,29 @@ class ImageTextDataModule(CheckedResume):
                 if not isinstance(image_size, int):  # (height, width): use the larger side
                     image_size = max(image_size)
         image_size = check_int(224 if image_size is None else image_size, "image_size", low=1)
+        if zero_shot_val is None:
+            given = [
+                name
+                for name, value in (
+                    ("class_names", class_names),
+                    ("templates", templates),
+                    ("class_groups", class_groups),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(f'`{n}`' for n in given)} describe the zero-shot classes of "
+                    "`zero_shot_val`, which is None; give `zero_shot_val` (a labelled manifest "
+                    "or an image folder) or leave them None."
+                )
+        elif not isinstance(zero_shot_val, str) or not os.path.exists(resolve_path(zero_shot_val)):
+            raise ValueError(
+                f"`zero_shot_val`={zero_shot_val!r} must be an existing folder of class "
+                "sub-folders or a JSONL / CSV manifest with `image` and `label`, or None."
+            )
+        if templates is not None:
+            check_templates(templates)
         self._train = _Split(*resolve_source(train, "train"))
         self._val = _Split(None, []) if val is None else _Split(*resolve_source(val, "val"))
         self.vocabulary = (
@@ -275,6 +330,13 @@ class ImageTextDataModule(CheckedResume):
         self.num_concepts: int | None = None
         self.concept_names: list[str] | None = None
         self.concept_frequencies: torch.Tensor | None = None
+        self.zero_shot_val = zero_shot_val
+        self.zero_shot_set: LabelledImages | None = None
+        self.class_names: list[str] | None = (
+            None if class_names is None else read_vocabulary(class_names, "class_names")
+        )
+        self.templates: list[str] | None = None if templates is None else list(templates)
+        self.class_groups: dict[str, list[int]] | None = class_groups
 
     @property
     def train_set(self) -> ImageTextPairs | None:
@@ -298,6 +360,8 @@ class ImageTextDataModule(CheckedResume):
             self._setup_train()
         if stage in (None, "fit", "validate", "test") and not self._val.ready:
             self._setup_val()
+        if stage in (None, "fit", "validate", "test") and self.zero_shot_val is not None:
+            self._setup_zero_shot()
 
     def _setup_train(self) -> None:
         images: list[str] = []
@@ -353,6 +417,15 @@ class ImageTextDataModule(CheckedResume):
         elif split.kind == "shards":
             split.sizes, _, _ = scan_shards(split.paths, None)
         split.ready = True
+
+    def _setup_zero_shot(self) -> None:
+        if self.zero_shot_set is not None:
+            return
+        images, labels, names = read_labelled_images(self.zero_shot_val, self.class_names)
+        # Checks the groups against the classes now, not at the first validation.
+        ZeroShotClasses(names, self.templates, self.class_groups)
+        self.class_names = names
+        self.zero_shot_set = LabelledImages(images, labels, self.transforms["eval"])
 
     # ------------------------------------------------------------------- dataloaders
     def _world(self) -> tuple[int, int]:
@@ -423,11 +496,27 @@ class ImageTextDataModule(CheckedResume):
         return config
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Retrieval pairs (``image``, ``caption``, ``index``) in order; ``[]`` if no ``val``."""
-        if not self._val.ready:
+        """``[zero-shot, retrieval]`` loaders in order, each alone if only one is given.
+
+        Zero-shot batches hold ``image``, ``label`` and ``index``; retrieval batches
+        ``image``, ``caption`` and ``index``. ``[]`` without ``val`` and ``zero_shot_val``.
+        """
+        if not self._val.ready or (self.zero_shot_val is not None and self.zero_shot_set is None):
             self.setup("validate")
-        if self._val.kind is None:
-            return []
+        loaders = [] if self.zero_shot_set is None else [self._eval_loader(self.zero_shot_set)]
+        if self._val.kind is not None:
+            loaders.append(self._retrieval_loader())
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _retrieval_loader(self) -> DataLoader:
         if self._val.kind == "manifest":
             dataset: Dataset = self._val.dataset
         else:
@@ -436,12 +525,7 @@ class ImageTextDataModule(CheckedResume):
                 self._val.paths, self._val.sizes, num_replicas=num_replicas, rank=rank
             )
             dataset = DecodingStream(reader, self.transforms["eval"], None)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._eval_loader(dataset)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation pairs."""
