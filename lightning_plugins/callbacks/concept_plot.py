@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["plot_concept_frequencies"]
+__all__ = ["MAX_NAMED_CONCEPTS", "plot_concept_frequencies"]
+
+MAX_NAMED_CONCEPTS = 64
+"""Most concepts whose names fit on the plot's x axis; more are shown by rank."""
 
 Counts = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -20,6 +23,7 @@ def plot_concept_frequencies(
     reference: Counts | None = None,
     title: str = "Concept frequency",
     reference_label: str = "iid expectation",
+    names: Sequence[str] | None = None,
 ) -> Path:
     """Draw the share of each concept among the occurrences of several runs on one figure.
 
@@ -38,13 +42,15 @@ def plot_concept_frequencies(
         reference: ``[num_concepts]`` reference counts to sort by and draw, or ``None``.
         title: the figure title.
         reference_label: the legend label of ``reference``.
+        names: the name of each concept id; with up to :data:`MAX_NAMED_CONCEPTS`
+            concepts they label the x axis, otherwise the axis shows ranks.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: if ``histograms`` is empty, the counts are not 1-D, have different
-            lengths, or are negative.
+            lengths, or are negative, or ``names`` does not name every concept.
 
     Example:
         >>> import tempfile
@@ -71,6 +77,8 @@ def plot_concept_frequencies(
         raise ValueError(f"All histograms must have one entry per concept, got lengths {sizes}.")
 
     first = next(iter(shares.values()))
+    if names is not None and len(names) != first.size:
+        raise ValueError(f"`names` must name each of the {first.size} concepts, got {len(names)}.")
     key = reference_share if reference_share is not None else first
     order = np.argsort(-np.nan_to_num(key, nan=0.0), kind="stable")
     ranks = np.arange(1, first.size + 1)
@@ -83,6 +91,8 @@ def plot_concept_frequencies(
     for label, share in shares.items():
         axes.plot(ranks, share[order], linewidth=1.2, label=label)
     axes.set_yscale("log")
+    if names is not None and first.size <= MAX_NAMED_CONCEPTS:
+        axes.set_xticks(ranks, [str(names[i]) for i in order], rotation=90, fontsize=6)
     axes.set_xlabel(
         "concept rank by " + ("reference frequency" if reference is not None else "first run")
     )

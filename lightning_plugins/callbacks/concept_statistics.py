@@ -52,7 +52,9 @@ class ConceptStatistics(Callback):
     ``plot=True``, ``concept_frequency.png``: the share of each concept among delivered
     occurrences on a log axis. When the datamodule has a ``concept_frequencies``
     attribute (``[num_concepts]`` training-set counts, what IID batches would show),
-    concepts are sorted by it and it is drawn as the IID expectation.
+    concepts are sorted by it and it is drawn as the IID expectation. When it has
+    ``concept_names`` (one name per concept id), the JSON file lists them in ``names``,
+    beside ``counts``, and the plot labels its concepts with them (up to 64 concepts).
 
     Args:
         num_concepts: size of the concept vocabulary; ``None`` reads
@@ -187,14 +189,19 @@ class ConceptStatistics(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir
         if not trainer.is_global_zero or self._totals is None:
             return
-        reference = self._reference(getattr(trainer, "datamodule", None))
-        written = self.save(log_dir, reference=reference)
+        datamodule = getattr(trainer, "datamodule", None)
+        written = self.save(
+            log_dir, reference=self._reference(datamodule), names=self._names(datamodule)
+        )
         rank_zero_info(
             f"ConceptStatistics: wrote {', '.join(path.name for path in written)} to {log_dir}"
         )
 
     def save(
-        self, directory: str | os.PathLike[str], reference: torch.Tensor | None = None
+        self,
+        directory: str | os.PathLike[str],
+        reference: torch.Tensor | None = None,
+        names: list[str] | None = None,
     ) -> list[Path]:
         """Write ``concept_histogram.json`` (and with ``plot=True`` the plot) to ``directory``.
 
@@ -202,6 +209,8 @@ class ConceptStatistics(Callback):
             directory: the folder to write to; created if missing.
             reference: ``[num_concepts]`` training-set counts to sort the plot by and draw
                 as the IID expectation, or ``None``.
+            names: the name of each concept id, written as ``names`` beside ``counts``
+                and used as the plot's concept labels, or ``None``.
 
         Returns:
             The paths written.
@@ -214,7 +223,13 @@ class ConceptStatistics(Callback):
         counts = state["histogram"]
         path = directory / HISTOGRAM_FILE
         payload = {k: v for k, v in state.items() if k != "histogram"}
+        if names is not None and len(names) != counts.numel():
+            raise ValueError(
+                f"`names` must name each of the {counts.numel()} concepts, got {len(names)}."
+            )
         payload.update(num_objects=int(counts.sum()), counts=counts.tolist())
+        if names is not None:
+            payload["names"] = [str(name) for name in names]
         path.write_text(json.dumps(payload, indent=1) + "\n")
         written = [path]
         if self.plot:
@@ -226,6 +241,7 @@ class ConceptStatistics(Callback):
                         {"delivered": counts},
                         directory / PLOT_FILE,
                         reference=reference,
+                        names=names,
                         title="Concepts delivered in training"
                         + (" vs. IID expectation" if reference is not None else ""),
                     )
@@ -281,6 +297,22 @@ class ConceptStatistics(Callback):
                 f"{type(concepts).__name__}."
             )
         return concepts
+
+    def _names(self, datamodule: Any) -> list[str] | None:
+        names = getattr(datamodule, "concept_names", None)
+        if names is None:
+            return None
+        if (
+            isinstance(names, str)
+            or not hasattr(names, "__len__")
+            or len(names) != self.num_concepts
+        ):
+            rank_zero_warn(
+                "ConceptStatistics: ignoring `datamodule.concept_names`, which is not a list of "
+                f"num_concepts={self.num_concepts} names."
+            )
+            return None
+        return [str(name) for name in names]
 
     def _reference(self, datamodule: Any) -> torch.Tensor | None:
         frequencies = getattr(datamodule, "concept_frequencies", None)

@@ -192,7 +192,8 @@ class SyntheticShapes(CheckedResume):
     images balanced over all concepts, with ``label``, for zero-shot classification
     (class names in ``class_names``, prompts in ``templates``, the rarest quarter of
     concepts in ``class_groups["rare"]``), and multi-object image-caption pairs for
-    retrieval.
+    retrieval. ``concept_names`` names the ids of ``concepts`` (the same 64 names as
+    ``class_names``).
 
     Args:
         batch_size: samples per batch and process.
@@ -277,7 +278,8 @@ class SyntheticShapes(CheckedResume):
         self.seed = seed
         self.num_concepts = len(SHAPES) * len(COLORS)
         self.probabilities = zipf_probabilities(self.num_concepts, zipf_exponent)
-        self.class_names: list[str] = [concept_name(c) for c in range(self.num_concepts)]
+        self.concept_names: list[str] = [concept_name(c) for c in range(self.num_concepts)]
+        self.class_names: list[str] = list(self.concept_names)  # one class per concept
         self.templates: list[str] = list(ZERO_SHOT_TEMPLATES)
         by_frequency = np.argsort(self.probabilities, kind="stable")
         self.class_groups: dict[str, list[int]] = {

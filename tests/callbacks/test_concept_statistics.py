@@ -164,12 +164,14 @@ def loader(batches):
 
 
 class ConceptData(pl.LightningDataModule):
-    def __init__(self, batches, num_concepts=NUM_CONCEPTS, frequencies=None):
+    def __init__(self, batches, num_concepts=NUM_CONCEPTS, frequencies=None, names=None):
         super().__init__()
         self.batches = batches
         self.num_concepts = num_concepts
         if frequencies is not None:
             self.concept_frequencies = frequencies
+        if names is not None:
+            self.concept_names = names
 
     def train_dataloader(self):
         return loader(self.batches)
@@ -250,6 +252,39 @@ def test_callback_reads_datamodule_and_plots_reference(tmp_path):
     # without a logger the files go to default_root_dir
     assert json.loads((tmp_path / "concept_histogram.json").read_text())["num_batches"] == 3
     assert (tmp_path / "concept_frequency.png").stat().st_size > 0
+
+
+def test_histogram_file_names_the_concepts_of_the_datamodule(tmp_path):
+    batches = make_batches(2, seed=3)
+    names = [f"concept {c}" for c in range(NUM_CONCEPTS)]
+    callback = ConceptStatistics()
+    trainer = make_trainer(tmp_path, max_steps=2, logger=False, callbacks=[callback])
+    trainer.fit(TinyModule(), datamodule=ConceptData(batches, names=names))
+    saved = json.loads((tmp_path / "concept_histogram.json").read_text())
+    assert saved["names"] == names and len(saved["counts"]) == NUM_CONCEPTS
+    assert (tmp_path / "concept_frequency.png").stat().st_size > 0
+    with pytest.warns(UserWarning, match="ignoring `datamodule.concept_names`"):
+        assert callback._names(ConceptData(batches, names=names[:-1])) is None
+    with pytest.raises(ValueError, match="`names` must name each of the 12 concepts, got 2"):
+        callback.save(tmp_path, names=["a", "b"])
+
+
+def test_histogram_file_without_names_has_no_names_key(tmp_path):
+    callback = ConceptStatistics(3, plot=False)
+    trainer = make_trainer(tmp_path, max_steps=1, logger=False, callbacks=[callback])
+    batch = {"x": torch.randn(1, 4), "concepts": torch.tensor([[0, 2]])}
+    trainer.fit(TinyModule(), train_dataloaders=loader([batch]))
+    assert "names" not in json.loads((tmp_path / "concept_histogram.json").read_text())
+
+
+def test_shapes_name_their_concepts():
+    from lightning_plugins.datamodules import SyntheticShapes
+
+    dm = SyntheticShapes(train_size=8, batch_size=4)
+    assert len(dm.concept_names) == dm.num_concepts == 64
+    sample = dm.train_set[0]
+    named = sorted({dm.concept_names[c] for c in sample["concepts"].tolist() if c >= 0})
+    assert all(name.split()[-1].rstrip("s") in sample["caption"] for name in named)
 
 
 def test_callback_without_plot_writes_json_only(tmp_path):
