@@ -25,6 +25,7 @@ from lightning_plugins.datamodules.labelled_images import LabelledImages, read_l
 from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_image
 from lightning_plugins.datamodules.shard_samples import scan_shards
+from lightning_plugins.datamodules.stateful_loader import stateful_loader
 from lightning_plugins.distributed import get_rank, get_world_size
 from lightning_plugins.functional._checks import (
     check_bool,
@@ -459,7 +460,7 @@ class ImageTextDataModule(CheckedResume):
         if split.kind == "manifest":
             if self.sampling == "iid":
                 sampler = ShuffleSampler(len(split.dataset), seed=self.seed)
-                return StatefulDataLoader(
+                return stateful_loader(
                     split.dataset,
                     batch_size=self.batch_size,
                     sampler=sampler,
@@ -467,13 +468,11 @@ class ImageTextDataModule(CheckedResume):
                     **workers,
                 )
             batch_sampler = ConceptAwareBatchSampler(split.concepts, **cabs)
-            return StatefulDataLoader(split.dataset, batch_sampler=batch_sampler, **workers)
+            return stateful_loader(split.dataset, batch_sampler=batch_sampler, **workers)
         source = _shard_stream(split, self.sampling, cabs, *self._world(), self.num_workers)
         dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
         drop_last = self.drop_last and self.sampling == "iid"  # CABS: whole batches only
-        return StatefulDataLoader(
-            dataset, batch_size=self.batch_size, drop_last=drop_last, **workers
-        )
+        return stateful_loader(dataset, batch_size=self.batch_size, drop_last=drop_last, **workers)
 
     def config(self) -> dict[str, Any]:
         """The settings the training stream (and a saved loader position) depends on."""

@@ -20,6 +20,7 @@ from lightning_plugins.datamodules.shapes_scene import (
     num_caption_templates,
     zipf_probabilities,
 )
+from lightning_plugins.datamodules.stateful_loader import stateful_loader
 from lightning_plugins.functional._checks import (
     check_bool,
     check_choice,
@@ -352,13 +353,13 @@ class SyntheticShapes(CheckedResume):
         ``drop_last`` (the default) the last incomplete i.i.d. batch is dropped.
         """
         if self.sampling == "cabs":
-            return StatefulDataLoader(
+            return stateful_loader(
                 self.train_set,
                 batch_sampler=self._cabs_sampler(),
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
-        return StatefulDataLoader(
+        return stateful_loader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=ShuffleSampler(len(self.train_set), seed=self.seed),
