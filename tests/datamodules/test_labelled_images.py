@@ -213,3 +213,30 @@ def test_class_groups_outside_the_classes_raise_at_setup(tmp_path):
     )
     with pytest.raises(ValueError, match=r"class_groups\['rare'\].*outside \[0, 3\)"):
         dm.setup("validate")
+
+
+def test_zero_shot_val_from_lightning_cli(tmp_path, monkeypatch):
+    import sys
+
+    from lightning_plugins.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lightning-plugins"])
+    config = {
+        "model": {"class_path": "CLIP", "init_args": {"model_name": "ViT-Micro-P8-32"}},
+        "data": {
+            "class_path": "ImageTextDataModule",
+            "init_args": {
+                "train": str(write_pairs(tmp_path)),
+                "zero_shot_val": str(write_folder(tmp_path)),
+                "templates": ["a {} shape"],
+                "class_groups": {"pointy": [2]},
+                "model_name": "ViT-Micro-P8-32",
+                "batch_size": 4,
+            },
+        },
+        "trainer": {"fast_dev_run": True, "default_root_dir": str(tmp_path), "logger": False},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    cli = main(["validate", "--config", str(tmp_path / "config.yaml")])
+    assert cli.datamodule.class_groups == {"pointy": [2]}
+    assert {"val/zero_shot_top1", "val/zero_shot_top1_pointy"} <= set(cli.trainer.callback_metrics)
