@@ -1,4 +1,8 @@
-"""Image-text models (open_clip, timm + Hugging Face) and their tokenizers."""
+"""Image-text models (open_clip, timm + Hugging Face) and their tokenizers.
+
+Importing this package registers the shipped configs (:func:`shipped_model_names`) with
+open_clip, so ``open_clip.create_model("ViT-Tiny-P8-32")`` works after it.
+"""
 
 from lightning_plugins.models.image_text_model import (
     ImageTextTowers,

@@ -5,6 +5,11 @@ or one of the small configs shipped in ``lightning_plugins/model_configs``) with
 pretrained weights, or a timm image tower plus a Hugging Face text tower. Both give an
 open_clip ``CLIP`` / ``CustomTextCLIP`` with ``encode_image``, ``encode_text``,
 ``logit_scale`` (log space) and ``logit_bias``.
+
+Importing this module registers the shipped configs with open_clip
+(``open_clip.add_model_config``, its public registry), so plain open_clip code finds them by
+name after ``import lightning_plugins.models``: ``open_clip.create_model("ViT-Tiny-P8-32")``,
+``open_clip.get_tokenizer("ViT-Tiny-P8-32")``.
 """
 
 from __future__ import annotations
@@ -108,8 +113,13 @@ def resolve_path(value: str) -> str:
 
 
 def _register_shipped_configs() -> None:
+    """Add the shipped configs to open_clip's registry, unless it holds them already."""
     if not set(shipped_model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(_CONFIG_DIR)
+
+
+# plain open_clip code finds the shipped configs by name (see the module docstring)
+_register_shipped_configs()
 
 
 def list_model_names() -> list[str]:
