@@ -16,6 +16,8 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "global_mean",
+    "global_sum",
+    "global_weighted_mean",
     "is_distributed",
     "neighbour_exchange",
 ]
@@ -178,6 +180,45 @@ def global_mean(values: torch.Tensor, global_count: int | None = None) -> torch.
         dist.all_reduce(count)
         global_count = int(count)
     return values.sum() * dist.get_world_size() / global_count
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum of ``value`` over all ranks, detached (a detached copy without a group).
+
+    Example:
+        >>> global_sum(torch.tensor(2.5))
+        tensor(2.5000)
+    """
+    total = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def global_weighted_mean(
+    values: torch.Tensor, weights: torch.Tensor, global_weight_sum: torch.Tensor | None = None
+) -> torch.Tensor:
+    """This rank's share of the weighted mean over the global batch.
+
+    Returns ``(weights * values).sum() * world_size / global_weight_sum``: after DDP
+    averages gradients over ranks, the shares add up to ``sum(w * l) / sum(w)`` over all
+    ranks' rows, the weighted mean of one process on the concatenated batch. The weights
+    are constants (no gradient flows into them).
+
+    Args:
+        values: ``[B]`` per-sample values of this rank.
+        weights: ``[B]`` per-sample weights of this rank.
+        global_weight_sum: the sum of the weights over all ranks (see :func:`global_sum`),
+            or ``None`` to all-reduce it here.
+
+    Example:
+        >>> global_weighted_mean(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([1.0, 1.0, 0.0]))
+        tensor(1.5000)
+    """
+    weights = weights.detach()
+    if global_weight_sum is None:
+        global_weight_sum = global_sum(weights.sum())
+    return (values * weights).sum() * get_world_size() / global_weight_sum
 
 
 def _exchange(

@@ -15,6 +15,7 @@ __all__ = [
     "constant_schedule",
     "cosine_schedule",
     "resolve_schedule",
+    "warmup_cosine_schedule",
     "warmup_decay_schedule",
 ]
 
@@ -109,6 +110,42 @@ def cosine_schedule(step: int, max_steps: int, start_value: float, end_value: fl
         return float(end_value)
     cosine = (math.cos(math.pi * step / (max_steps - 1)) + 1.0) / 2.0
     return float(end_value - (end_value - start_value) * cosine)
+
+
+def warmup_cosine_schedule(
+    step: int, warmup_steps: int, max_steps: int, peak_value: float, end_value: float = 0.0
+) -> float:
+    """Linear warmup to ``peak_value``, then cosine to ``end_value``: open_clip's ``cosine_lr``.
+
+    During warmup (``step < warmup_steps``) the value is ``peak_value * (step + 1) /
+    warmup_steps``; then ``end + (peak - end) * (1 + cos(pi * e / es)) / 2`` with
+    ``e = step - warmup_steps`` and ``es = max_steps - warmup_steps``; from ``max_steps`` on
+    it is ``end_value``. With ``end_value = 0`` this is open_clip's default learning rate
+    schedule.
+
+    Args:
+        step: the (0-based) step.
+        warmup_steps: the steps of linear warmup, at least 0.
+        max_steps: the steps of the whole schedule (warmup included), at least 1.
+        peak_value: the value reached at the end of warmup.
+        end_value: the value at ``max_steps`` and after.
+
+    Raises:
+        ValueError: for a negative ``step`` or ``warmup_steps``, or ``max_steps < 1``.
+
+    Example:
+        >>> [round(warmup_cosine_schedule(s, 2, 6, 1.0), 3) for s in range(7)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
+    """
+    check_int(step, "step", low=0)
+    check_int(warmup_steps, "warmup_steps", low=0)
+    check_int(max_steps, "max_steps", low=1)
+    if step < warmup_steps:
+        return float(peak_value) * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return float(end_value)
+    cosine = (1.0 + math.cos(math.pi * (step - warmup_steps) / (max_steps - warmup_steps))) / 2
+    return float(end_value + (peak_value - end_value) * cosine)
 
 
 SCHEDULES: dict[str, Callable[..., float]] = {

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import nn
-
-from lightning_plugins.losses import ClipLoss
+from lightning_plugins.losses import ClipLoss, ContrastiveLoss
 from lightning_plugins.modules.contrastive_image_text import ContrastiveImageText
 
 __all__ = ["CLIP"]
@@ -31,7 +29,7 @@ class CLIP(ContrastiveImageText):
 
     def __init__(
         self,
-        loss: nn.Module | None = None,
+        loss: ContrastiveLoss | None = None,
         init_logit_scale: float = math.log(1 / 0.07),
         init_logit_bias: float | None = None,
         **kwargs: Any,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -21,6 +23,8 @@ from lightning_plugins.distributed import (
     gather_sizes,
     get_world_size,
     global_mean,
+    global_sum,
+    global_weighted_mean,
 )
 from lightning_plugins.functional._checks import (
     check_bool,
@@ -30,7 +34,7 @@ from lightning_plugins.functional._checks import (
 )
 from lightning_plugins.functional.distillation import DISTILLATION_KINDS, image_text_distillation
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
-from lightning_plugins.losses import SigLipLoss
+from lightning_plugins.losses import ContrastiveLoss, SigLipLoss
 from lightning_plugins.metrics import ImageTextEvaluation, ZeroShotClasses, read_zero_shot_data
 from lightning_plugins.models import ImageTextTowers, create_image_text_model, create_tokenizer
 
@@ -52,8 +56,12 @@ class ContrastiveImageText(pl.LightningModule):
     open_clip config ``model_name`` is the short form. Batches are dicts with ``image`` and
     either ``text`` (token ids) or ``caption`` (strings, tokenized by :meth:`text_tokens`).
 
-    Training reduces :meth:`per_sample_loss` (its mean over the global batch), so
-    callbacks that weight or select samples see the very loss that is optimised. After
+    Training reduces :meth:`per_sample_loss` to its mean over the global batch, or, when a
+    callback put per-sample weights ``weight`` (float ``[B]``) into the batch, to the
+    weighted mean ``sum(w * l) / sum(w)`` over the global batch (exact under DDP; the
+    weights are checked: finite, non-negative, not all zero, at one host sync per step).
+    So an override of :meth:`per_sample_loss` is what trains, and callbacks that score,
+    weight or select samples see the very loss that is optimised. After
     every optimizer step the logit scale is clamped to ``[0, ln max_logit_scale]``.
     Norms, biases, and the logit scale and bias get no weight decay (open_clip's rule,
     see :meth:`no_weight_decay`).
@@ -78,12 +86,30 @@ class ContrastiveImageText(pl.LightningModule):
     datamodule's, read through the :class:`~lightning_plugins.metrics.ZeroShotData`
     protocol (its ``class_names``, ``templates`` and ``class_groups``; see the README).
 
+    **Extension points.** Subclass and override:
+
+    - :meth:`per_sample_loss` -- the loss that is trained, ``[B]`` (add a term, reweight
+      samples); callbacks (curriculum, Data Diet, data mixing) score with it too;
+    - :meth:`loss_terms` -- the contrastive and distillation terms before they are added;
+    - :meth:`encode_image` / :meth:`encode_text` -- the normalised embeddings (pooling,
+      projection heads);
+    - :meth:`no_weight_decay` -- which parameters get no weight decay;
+    - :meth:`parameter_groups` -- the optimizer's parameter groups (per-tower learning
+      rates);
+    - :meth:`configure_optimizers` -- anything else about optimizer and scheduler.
+      The default builds ``optimizer(parameter_groups())`` and ``lr_scheduler(optimizer)``;
+      a scheduler factory that takes ``total_steps`` (such as
+      :class:`~lightning_plugins.schedulers.WarmupCosineLR`) and was left without it gets
+      ``trainer.estimated_stepping_batches``.
+
     The class is longer than 300 lines mostly through documentation: about 210 lines of
     code hold the hooks Lightning needs in one class (model, loss, optimizer, evaluation);
     the model building, the evaluation and every formula live elsewhere.
 
     Args:
-        loss: contrastive loss with open_clip's call signature.
+        loss: contrastive loss with open_clip's call signature and ``reduction="none"``:
+            a :class:`~lightning_plugins.losses.ContrastiveLoss` (``ClipLoss``,
+            ``SigLipLoss``, ``CWCLLoss`` or a subclass of one's own).
         init_logit_scale: initial logit scale in log space.
         init_logit_bias: initial logit bias, or ``None`` for none.
         model_name: open_clip config name (e.g. ``"ViT-B-32"`` or the shipped
@@ -129,7 +155,7 @@ class ContrastiveImageText(pl.LightningModule):
 
     def __init__(
         self,
-        loss: nn.Module,
+        loss: ContrastiveLoss,
         init_logit_scale: float,
         init_logit_bias: float | None = None,
         model_name: str | None = None,
@@ -195,6 +221,8 @@ class ContrastiveImageText(pl.LightningModule):
         self._token_range_checked: set[str] = set()
         # the EMA teacher (DESIGN.md contract 4): set by an EMATeacher callback, else None
         self.teacher: Any = None
+        # detached loss terms of the last per_sample_loss call, logged by training_step
+        self._logged_terms: dict[str, torch.Tensor] = {}
         # None: the sigmoid form for the sigmoid loss, the softmax form otherwise
         self.distill_kind = distill_kind or (
             "sigmoid" if isinstance(loss, SigLipLoss) else "softmax"
@@ -285,11 +313,17 @@ class ContrastiveImageText(pl.LightningModule):
         """The loss of each local pair against the global batch, ``[B]``.
 
         The contrastive loss, plus ``distill_weight`` times the distillation loss when
-        distilling. Its mean is the training loss.
+        distilling (both from :meth:`loss_terms`). ``training_step`` reduces it to its
+        (weighted) mean over the global batch: override it to change the loss that is
+        trained, and callbacks that score or weight samples see the change too. The
+        terms are kept, detached, for logging ``train/contrastive_loss`` and
+        ``train/distill_loss``.
         """
         contrastive, distill = self.loss_terms(batch)
+        self._logged_terms = {"contrastive_loss": contrastive.detach()}
         if distill is None:
             return contrastive
+        self._logged_terms["distill_loss"] = distill.detach()
         return contrastive + self.hparams.distill_weight * distill
 
     def loss_terms(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -359,16 +393,29 @@ class ContrastiveImageText(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        contrastive, distill = self.loss_terms(batch)
-        # the mean over the global batch, exact under DDP even for unequal last batches
-        batch_size = batch["image"].shape[0]
-        if distill is None:
-            loss = global_mean(contrastive)
+        self._logged_terms = {}
+        losses = self.per_sample_loss(batch)
+        batch_size = losses.shape[0]
+        weight = batch.get("weight") if isinstance(batch, Mapping) else None
+        # the (weighted) mean over the global batch, exact under DDP even for unequal batches
+        if weight is None:
+            count = batch_size  # no host sync on one process
+            if get_world_size() > 1:
+                count = int(global_sum(torch.tensor(batch_size, device=losses.device)))
+
+            def reduce(values: torch.Tensor) -> torch.Tensor:
+                return global_mean(values, count)
         else:
-            contrastive, distill = global_mean(contrastive), global_mean(distill)
-            loss = contrastive + self.hparams.distill_weight * distill
-            self.log("train/contrastive_loss", contrastive.detach(), batch_size=batch_size)
-            self.log("train/distill_loss", distill.detach(), batch_size=batch_size)
+            total = global_sum(_checked_weight(weight, losses).sum())
+            _check_weight_values(weight, total)
+
+            def reduce(values: torch.Tensor) -> torch.Tensor:
+                return global_weighted_mean(values, weight, total)
+
+        loss = reduce(losses)
+        if "distill_loss" in self._logged_terms:
+            for name, values in self._logged_terms.items():
+                self.log(f"train/{name}", reduce(values), batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=batch_size)
         return loss
@@ -404,7 +451,10 @@ class ContrastiveImageText(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        kwargs = {}
+        if _leaves_total_steps_unset(self.lr_scheduler_factory):
+            kwargs["total_steps"] = self._total_scheduler_steps()
+        scheduler = self.lr_scheduler_factory(optimizer, **kwargs)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
@@ -412,6 +462,13 @@ class ContrastiveImageText(pl.LightningModule):
                 "interval": self.hparams.lr_scheduler_interval,
             },
         }
+
+    def _total_scheduler_steps(self) -> int | float:
+        """The scheduler's length: stepping batches, or epochs for ``interval="epoch"``."""
+        if self.hparams.lr_scheduler_interval == "epoch":
+            epochs = self.trainer.max_epochs
+            return float("inf") if epochs is None or epochs < 0 else epochs
+        return self.trainer.estimated_stepping_batches
 
     @override
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -603,6 +660,58 @@ def _check_text(text: Any, inputs: dict[str, Any], stage: str, batch_size: int) 
             f"`{name}` has {text.shape[1]} tokens per caption, the model takes {allowed} "
             "(its `context_length`): tokenize with the module's tokenizer or set "
             "`towers.context_length`."
+        )
+
+
+def _leaves_total_steps_unset(factory: Any) -> bool:
+    """Whether a scheduler factory takes ``total_steps`` and was given none.
+
+    True for ``WarmupCosineLR`` (or ``OneCycleLR`` without ``epochs``) configured without
+    ``total_steps``: the class itself, a ``functools.partial`` of it, or LightningCLI's
+    callable (a partial whose arguments hold the class and whose keywords hold the
+    ``init_args``).
+    """
+    keywords: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        keywords = {**factory.keywords, **keywords}
+        classes = [arg for arg in factory.args if isinstance(arg, type)]
+        factory = classes[-1] if classes else factory.func
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+    def unset(name: str) -> bool:
+        parameter = parameters.get(name)
+        default = None if parameter is None else parameter.default
+        return keywords.get(name, default) is None
+
+    # OneCycleLR may get its length from `epochs` and `steps_per_epoch` instead
+    return "total_steps" in parameters and unset("total_steps") and unset("epochs")
+
+
+def _checked_weight(weight: Any, losses: torch.Tensor) -> torch.Tensor:
+    """``batch['weight']`` if it is a float tensor ``[B]`` matching the losses."""
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError(
+            "`train batch['weight']` must be a floating-point tensor [B] of per-sample "
+            f"weights, got {getattr(weight, 'dtype', type(weight).__name__)}."
+        )
+    if weight.shape != losses.shape:
+        raise ValueError(
+            f"`train batch['weight']` must have shape {tuple(losses.shape)} (one weight per "
+            f"sample), got {tuple(weight.shape)}."
+        )
+    return weight
+
+
+def _check_weight_values(weight: torch.Tensor, total: torch.Tensor) -> None:
+    """Weights non-negative, their global sum positive and finite: one host sync."""
+    if not bool(torch.isfinite(total) & (total > 0) & (weight >= 0).all()):
+        raise ValueError(
+            f"`train batch['weight']` must be finite and non-negative and not all zero; got "
+            f"a minimum of {float(weight.min())} and a sum of {float(total)} over the global "
+            "batch."
         )
 
 

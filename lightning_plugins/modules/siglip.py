@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import nn
-
-from lightning_plugins.losses import SigLipLoss
+from lightning_plugins.losses import ContrastiveLoss, SigLipLoss
 from lightning_plugins.modules.contrastive_image_text import ContrastiveImageText
 
 __all__ = ["SigLIP"]
@@ -31,7 +29,7 @@ class SigLIP(ContrastiveImageText):
 
     def __init__(
         self,
-        loss: nn.Module | None = None,
+        loss: ContrastiveLoss | None = None,
         init_logit_scale: float = math.log(10.0),
         init_logit_bias: float | None = -10.0,
         **kwargs: Any,

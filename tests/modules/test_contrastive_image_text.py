@@ -288,3 +288,18 @@ def test_cwcl_needs_its_frozen_tower_locked():
         CLIP(model_name=MICRO, loss=CWCLLoss(frozen="image"), lock_text=True)
     module = CLIP(model_name=MICRO, loss=CWCLLoss(frozen="text"), lock_text=True)
     assert module.per_sample_loss(batch()).shape == (4,)
+
+
+def test_model_help_lists_our_losses_only(capsys, monkeypatch):
+    """`loss` is typed ContrastiveLoss: help lists the losses that fit, not every nn.Module."""
+    from lightning_plugins.cli import main
+
+    monkeypatch.setattr("sys.argv", ["lightning-plugins"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model=CLIP", "--model.help=CLIP"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for loss in ("ClipLoss", "SigLipLoss", "CWCLLoss"):
+        assert f"lightning_plugins.losses.{loss}" in help_text
+    assert "torch.nn.Linear" not in help_text and "timm" not in help_text
+    assert len(help_text.splitlines()) < 300
