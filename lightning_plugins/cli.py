@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from typing import Any
 
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -11,16 +13,15 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-# Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes,
-# --model.lr_scheduler WarmupCosineLR).
+# Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes).
 import lightning_plugins.callbacks
 import lightning_plugins.datamodules
 import lightning_plugins.losses
-import lightning_plugins.modules
-import lightning_plugins.schedulers  # noqa: F401
+import lightning_plugins.modules  # noqa: F401
+from lightning_plugins.callbacks.teacher_weights import export_teacher
 from lightning_plugins.functional._checks import check_checkpoint_file
 
-__all__ = ["SAVED_CONFIG_HEADER", "SaveConfigKeepingInputs", "main"]
+__all__ = ["SAVED_CONFIG_HEADER", "SaveConfigKeepingInputs", "export_teacher_main", "main"]
 
 # the first line of every config this command saves: a file with it may be overwritten
 SAVED_CONFIG_HEADER = "# Saved by lightning-plugins; the next run into this folder replaces it.\n"
@@ -152,17 +153,64 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_callback=SaveConfigKeepingInputs,
+        parser_kwargs={"epilog": _EXPORT_TEACHER_HELP},
         args=args,
         run=run,
+    )
+
+
+EXPORT_TEACHER = "export-teacher"
+_EXPORT_TEACHER_HELP = (
+    f"Also: lightning-plugins {EXPORT_TEACHER} CKPT OUT [--name teacher] writes the averaged "
+    "weights of an EMATeacher in checkpoint CKPT as a plain state dict of the module to OUT "
+    f"(lightning-plugins {EXPORT_TEACHER} --help)."
+)
+
+
+def export_teacher_main(args: list[str] | None = None) -> None:
+    """``lightning-plugins export-teacher CKPT OUT [--name teacher]``.
+
+    Writes :func:`~lightning_plugins.callbacks.export_teacher` ``(CKPT, OUT, name)``: the
+    module's state dict with the averaged tensors of the EMATeacher ``name`` in place,
+    loadable with ``module.load_state_dict(torch.load(OUT, weights_only=True))``. A bad
+    argument (no such file, no checkpoint, no teacher of that name: the message lists the
+    names the checkpoint holds) exits with status 2 and a message naming it.
+
+    Args:
+        args: the arguments after ``export-teacher`` instead of ``sys.argv``.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"lightning-plugins {EXPORT_TEACHER}",
+        description="Write the averaged weights of an EMATeacher in a Lightning checkpoint as "
+        "a plain state dict of the module (torch.save), loadable with "
+        "module.load_state_dict(torch.load(OUT, weights_only=True)).",
+    )
+    parser.add_argument("ckpt_path", metavar="CKPT", help="the Lightning checkpoint (.ckpt)")
+    parser.add_argument("out_path", metavar="OUT", help="the file to write")
+    parser.add_argument(
+        "--name", default="teacher", help="the EMATeacher's `name` (default: teacher)"
+    )
+    parsed = parser.parse_args(args)
+    try:
+        weights = export_teacher(parsed.ckpt_path, parsed.out_path, parsed.name)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    print(
+        f"Wrote the weights of EMATeacher {parsed.name!r} ({len(weights)} tensors) to "
+        f"{parsed.out_path}."
     )
 
 
 def command() -> None:
     """The ``lightning-plugins`` console script: :func:`main` on ``sys.argv``, exit status 0.
 
+    ``lightning-plugins export-teacher ...`` runs :func:`export_teacher_main` instead.
     (A console script passes its function's return value to ``sys.exit``, which would turn
     the returned ``LightningCLI`` into exit status 1.)
     """
+    if sys.argv[1:2] == [EXPORT_TEACHER]:
+        export_teacher_main(sys.argv[2:])
+        return
     main()
 
 

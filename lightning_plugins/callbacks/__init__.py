@@ -4,5 +4,18 @@ from lightning_plugins.callbacks.concept_plot import plot_concept_frequencies
 from lightning_plugins.callbacks.concept_statistics import ConceptStatistics
 from lightning_plugins.callbacks.ema_teacher import EMATeacher
 from lightning_plugins.callbacks.teacher_view import TeacherView
+from lightning_plugins.callbacks.teacher_weights import (
+    export_teacher,
+    load_teacher_weights,
+    teacher_names,
+)
 
-__all__ = ["ConceptStatistics", "EMATeacher", "TeacherView", "plot_concept_frequencies"]
+__all__ = [
+    "ConceptStatistics",
+    "EMATeacher",
+    "TeacherView",
+    "export_teacher",
+    "load_teacher_weights",
+    "plot_concept_frequencies",
+    "teacher_names",
+]

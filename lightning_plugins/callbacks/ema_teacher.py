@@ -122,7 +122,9 @@ class EMATeacher(Callback):
     one: tensors and integers only, so the checkpoint loads with
     ``torch.load(weights_only=True)``, and a resumed run continues exactly. Several
     instances (say two decays) coexist when their ``name`` differs. :meth:`export` writes
-    the averaged weights as a plain state dict of the module.
+    the averaged weights as a plain state dict of the module; from a checkpoint,
+    :func:`~lightning_plugins.callbacks.load_teacher_weights` gives the same dict (and
+    ``lightning-plugins export-teacher CKPT OUT`` writes it), without the module.
 
     The callback has 18 attributes, and about 350 lines of code, because it keeps
     its ten arguments as given (LightningCLI and ``state_key`` read them) besides its state
