@@ -13,6 +13,10 @@ report. Keep skips rare: a block that trains should train for a step or two inst
 
 A block that runs longer than ``BLOCK_TIMEOUT_S`` seconds fails (a hang guard, not a speed
 assertion): the README's blocks must stay cheap enough for the test suite.
+
+Every ```yaml block must be valid YAML; one that is a full config (top-level ``model`` and
+``data``) is parsed by the ``lightning-plugins`` command with ``--print_config``, which
+checks every class path and argument without building anything.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK_TIMEOUT_S = 120
@@ -96,7 +101,9 @@ def _blocks(text: str) -> list[tuple[int, str, str, str | None]]:
     return blocks
 
 
-PYTHON_BLOCKS = [block for block in _blocks(README.read_text()) if block[1] == "python"]
+BLOCKS = _blocks(README.read_text())
+PYTHON_BLOCKS = [block for block in BLOCKS if block[1] == "python"]
+YAML_BLOCKS = [block for block in BLOCKS if block[1] == "yaml"]
 
 
 def _prelude(code: str) -> str:
@@ -147,6 +154,33 @@ def test_readme_python_block(
         exec(compile(prelude, f"<prelude of README.md line {line}>", "exec"), namespace)
     with _time_limit(BLOCK_TIMEOUT_S, f"The README.md block at line {line}"):
         exec(compile(code, f"<README.md block at line {line}>", "exec"), namespace)
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [(line, code) for line, _, code, _ in YAML_BLOCKS],
+    ids=[f"line{line}" for line, *_ in YAML_BLOCKS],
+)
+def test_readme_yaml_block(
+    line: int,
+    code: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = yaml.safe_load(code)
+    assert isinstance(config, dict), f"README.md line {line}: not a YAML mapping"
+    if not {"model", "data"} <= set(config):
+        return  # a fragment of a config: valid YAML is all that can be checked alone
+    from lightning_plugins.cli import main
+
+    (tmp_path / "config.yaml").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lightning-plugins"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "config.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    assert "class_path" in capsys.readouterr().out
 
 
 def test_skip_marker_needs_a_reason() -> None:
