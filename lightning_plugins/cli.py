@@ -13,11 +13,13 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-# Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes).
+# Imported so that their classes resolve by short name (--model CLIP, --data SyntheticShapes,
+# --model.lr_scheduler WarmupCosineLR).
 import lightning_plugins.callbacks
 import lightning_plugins.datamodules
 import lightning_plugins.losses
-import lightning_plugins.modules  # noqa: F401
+import lightning_plugins.modules
+import lightning_plugins.schedulers  # noqa: F401
 from lightning_plugins.callbacks.teacher_weights import export_teacher
 from lightning_plugins.functional._checks import check_checkpoint_file
 
