@@ -60,6 +60,16 @@ def test_same_arguments_same_result(name: str, output_dict: bool) -> None:
     expected = theirs(image, text, scale, bias, output_dict=output_dict)
     got = ours(image, text, scale, bias, output_dict=output_dict)
     positional = ours(image, text, scale, bias, output_dict)
+    # open_clip's training loop: loss(**model_out, output_dict=True)
+    model_out = {
+        "image_features": image,
+        "text_features": text,
+        "logit_scale": scale,
+        "logit_bias": bias,
+    }
+    assert torch.equal(
+        ours(**model_out, output_dict=True)["contrastive_loss"], ours(image, text, scale, bias)
+    )
     if output_dict:
         assert isinstance(got, dict) and isinstance(expected, dict)
         assert got.keys() == expected.keys() == {"contrastive_loss"}
