@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -148,6 +149,15 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         >>> type(cli.model).__name__, type(cli.datamodule).__name__
         ('CLIP', 'SyntheticShapes')
     """
+    # Lightning's CombinedLoader triggers a torch deprecation warning at every fit and
+    # validate; no code of ours runs there, so the command (the application) filters that
+    # one message from that one module.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
     return _CLI(
         LightningModule,
         LightningDataModule,
