@@ -62,6 +62,21 @@ PRELUDES: dict[str, str] = {
         logit_scale = torch.tensor(10.0)
         logit_bias = torch.tensor(-10.0)
     """,
+    # The teacher's weights: a checkpoint of a short run with an EMATeacher, and its module.
+    "print(teacher_names(ckpt_path))  # ['teacher']": """
+        import lightning.pytorch as pl
+        from lightning.pytorch.demos.boring_classes import BoringModel
+        from lightning_plugins.callbacks import EMATeacher
+
+        model = BoringModel()
+        trainer = pl.Trainer(
+            max_steps=3, callbacks=[EMATeacher(decay=0.9)], logger=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        )
+        trainer.fit(model)
+        ckpt_path = "run.ckpt"
+        trainer.save_checkpoint(ckpt_path)
+    """,
     # CABS: a super-batch's concept lists, the training set's annotations and a dataset.
     "from lightning_plugins.functional import cabs_select": """
         import torch
