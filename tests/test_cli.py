@@ -175,3 +175,28 @@ def test_towers_and_zero_shot_classes_from_arguments(tmp_path):
     assert cli.model.zero_shot_classes == ZeroShotClasses(
         ["red circle", "blue star"], class_groups={"stars": [1]}
     )
+
+
+def test_example_config_checkpoint_validates(tmp_path, monkeypatch):
+    """A short run of an example config leaves a last.ckpt that `validate --ckpt_path` takes."""
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "examples/configs/clip_shapes.yaml"
+    small = [
+        f"--config={config}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.train_size=32",
+        "--data.init_args.zero_shot_size=64",
+        "--data.init_args.retrieval_size=8",
+        "--data.init_args.num_workers=0",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=1",
+    ]
+    fitted = main(["fit", *small, "--trainer.max_steps=2"])
+    assert fitted.trainer.global_step == 2
+    (last,) = tmp_path.rglob("*.ckpt")  # save_top_k: 0, so last.ckpt only
+    assert last.name == "last.ckpt" and last.parent.name == "checkpoints"
+    validated = main(["validate", *small, f"--ckpt_path={last}"])
+    assert validated.trainer.ckpt_path == str(last)
+    assert "val/zero_shot_top1" in validated.trainer.callback_metrics
