@@ -24,8 +24,10 @@ class ImageTextEvaluation(nn.Module):
     :meth:`start` embeds the class prompts into the zero-shot classifier (or sets none),
     :meth:`update` adds a batch's normalised image features with its labels (scored
     against the classifier by :class:`ZeroShotAccuracy`) and/or its paired text features
-    (ranked by :class:`ImageTextRetrieval`), and :meth:`compute` gives ``zero_shot_topK``,
-    ``zero_shot_topK_<group>``, ``i2t_R@K`` and ``t2i_R@K`` for what was updated. Under
+    (ranked by :class:`ImageTextRetrieval`), :meth:`compute` gives ``zero_shot_topK``,
+    ``zero_shot_topK_<group>``, ``i2t_R@K`` and ``t2i_R@K`` for what was updated, and
+    :meth:`reset` forgets the updates but keeps the classifier (to evaluate the next
+    dataloader of the same run on its own). Under
     DDP the metrics gather every rank's samples and drop a distributed sampler's padding
     by the dataset ``index``. A model whose embeddings hold NaN or inf gets NaN for every
     result that scored one, with a warning, never a perfect score (see
@@ -90,6 +92,16 @@ class ImageTextEvaluation(nn.Module):
         self.zero_shot = ZeroShotAccuracy(
             len(classes.class_names), top_k=self.zero_shot_top_k, groups=classes.class_groups
         ).to(self.classifier.device)
+
+    def reset(self) -> None:
+        """Forget the updates, keep the zero-shot classifier: the next part of the same run.
+
+        Modules evaluate each of several dataloaders on its own this way, embedding the
+        class prompts once per run.
+        """
+        self.retrieval.reset()
+        if self.zero_shot is not None:
+            self.zero_shot.reset()
 
     def update(
         self,

@@ -85,6 +85,15 @@ class ContrastiveImageText(pl.LightningModule):
     (Recall@1/5/10). The zero-shot classes are ``zero_shot`` if given, else the
     datamodule's, read through the :class:`~lightning_plugins.metrics.ZeroShotData`
     protocol (its ``class_names``, ``templates`` and ``class_groups``; see the README).
+    Each validation (or test) dataloader is evaluated on its own and its results are
+    logged at its last batch, so ``trainer.validate`` returns (and prints) each result
+    once, under its dataloader: for ``SyntheticShapes`` ``val/zero_shot_*`` under
+    dataloader 0 and ``val/i2t_R@K``, ``val/t2i_R@K`` under dataloader 1. The names keep
+    no ``/dataloader_idx_N`` suffix (ModelCheckpoint monitors stay ``val/zero_shot_top1``),
+    except a name a later dataloader logs again, which gets Lightning's suffix. A
+    dataloader without a known length is logged at the epoch end, which Lightning lists
+    under every dataloader (as are EMATeacher's ``*_teacher`` results, whose pass runs
+    outside the loop's dataloaders).
 
     **Extension points.** Subclass and override:
 
@@ -216,6 +225,10 @@ class ContrastiveImageText(pl.LightningModule):
                 if not name.startswith("visual.") and "logit_" not in name:
                     param.requires_grad_(False)
         self.evaluation = ImageTextEvaluation(chunk_size=eval_chunk_size)
+        # per evaluation run: the names logged, the dataloader being read, unlogged updates
+        self._eval_logged: set[str] = set()
+        self._eval_loader: int | None = None
+        self._eval_pending = False
         self.expected_inputs = _model_inputs(self.model)
         # token ids are checked against the vocabulary once per stage (a host sync)
         self._token_range_checked: set[str] = set()
@@ -497,8 +510,14 @@ class ContrastiveImageText(pl.LightningModule):
         if classes is None:
             classes = read_zero_shot_data(self.trainer.datamodule)  # checks the templates
         self.evaluation.start(classes, self.encode_prompts)
+        self._eval_logged, self._eval_loader, self._eval_pending = set(), None, False
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def _eval_step(
+        self, batch: dict[str, Any], stage: str, batch_idx: int = 0, dataloader_idx: int = 0
+    ) -> None:
+        if dataloader_idx != self._eval_loader and not self._eval_pending:
+            self.evaluation.reset()  # each dataloader is evaluated on its own
+        self._eval_loader = dataloader_idx
         text = None
         if isinstance(batch, Mapping) and ("text" in batch or "caption" in batch):
             text = self.text_tokens(batch)
@@ -513,15 +532,58 @@ class ContrastiveImageText(pl.LightningModule):
             text_features=text_features,
             index=batch.get("index"),
         )
+        self._eval_pending = True
+        if batch_idx == self._eval_num_batches(stage, dataloader_idx) - 1:
+            self._eval_log(stage)
+
+    def _eval_num_batches(self, stage: str, dataloader_idx: int) -> int | float:
+        """The batches this run reads from the dataloader (``inf`` where unknown)."""
+        trainer = self.trainer
+        if stage == "test":
+            counts = trainer.num_test_batches
+        elif trainer.sanity_checking:
+            counts = trainer.num_sanity_val_batches
+        else:
+            counts = trainer.num_val_batches
+        if not isinstance(counts, list | tuple):
+            counts = [counts]
+        return counts[dataloader_idx] if dataloader_idx < len(counts) else math.inf
+
+    def _eval_log(self, stage: str) -> None:
+        """Log the results of the dataloader just read, or of what is left at the epoch end.
+
+        Logged in the step of a dataloader's last batch, a result belongs to that dataloader:
+        ``trainer.validate`` returns it (and prints it) for that dataloader only. The names
+        carry no ``/dataloader_idx_N`` suffix, so monitors and loggers see ``val/i2t_R@1``
+        however many dataloaders there are; a name that an earlier dataloader of the run
+        logged already gets Lightning's suffix. What is logged at the epoch end (a
+        dataloader whose length is unknown) belongs, by Lightning's rule, to every
+        dataloader.
+        """
+        self._eval_pending = False
+        results = self.evaluation.compute()
+        for key, value in results.items():
+            name = f"{stage}/{key}"
+            first = name not in self._eval_logged
+            self._eval_logged.add(name)
+            self.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=False,
+                rank_zero_only=False,
+                add_dataloader_idx=not first,
+            )
 
     def _eval_epoch_end(self, stage: str) -> None:
-        results = self.evaluation.compute()
-        if not results and not self.trainer.sanity_checking:
+        if self._eval_pending:
+            self._eval_log(stage)
+        if not self._eval_logged and not self.trainer.sanity_checking:
             rank_zero_warn(
                 f"No {stage} batch had `label` (zero-shot) or `text`/`caption` (retrieval)."
             )
-        for key, value in results.items():
-            self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=False)
 
     @override
     def on_validation_epoch_start(self) -> None:
@@ -531,7 +593,7 @@ class ContrastiveImageText(pl.LightningModule):
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, "val", batch_idx, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -543,7 +605,7 @@ class ContrastiveImageText(pl.LightningModule):
 
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch, "test", batch_idx, dataloader_idx)
 
     @override
     def on_test_epoch_end(self) -> None:
