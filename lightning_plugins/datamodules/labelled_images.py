@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from lightning_plugins.datamodules.manifest import manifest_rows
 from lightning_plugins.datamodules.sample_decoding import _DECODE_ERRORS, Transform, decode_image
 from lightning_plugins.models import resolve_path
 
@@ -121,33 +120,10 @@ def _read_folder(
     return images, labels, list(names)
 
 
-def _manifest_rows(path: str, argument: str) -> list[tuple[str, dict[str, Any]]]:
-    rows: list[tuple[str, dict[str, Any]]] = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        if path.lower().endswith(".csv"):
-            reader = csv.DictReader(handle)
-            rows = [(f"line {reader.line_num} of {path!r}", row) for row in reader]
-        else:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"line {number} of {path!r}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where} (`{argument}`) is not valid JSON: {err}.") from err
-                if not isinstance(row, dict):
-                    raise ValueError(f"{where} (`{argument}`) is not a JSON object: {line!r}.")
-                rows.append((where, row))
-    if not rows:
-        raise ValueError(f"`{argument}`={path!r}: the manifest holds no samples.")
-    return rows
-
-
 def _read_manifest(
     path: str, class_names: list[str] | None, argument: str
 ) -> tuple[list[str], list[int], list[str]]:
-    rows = _manifest_rows(path, argument)
+    rows = manifest_rows(path, argument, ("image", "label"))
     for where, row in rows:
         image, label = row.get("image"), row.get("label")
         if not isinstance(image, str) or not image:

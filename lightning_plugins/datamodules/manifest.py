@@ -9,27 +9,34 @@ from typing import Any
 
 from lightning_plugins.datamodules.concept_annotations import Concept, parse_concepts
 
-__all__ = ["read_manifest"]
+__all__ = ["manifest_rows", "read_manifest"]
 
 
-def read_manifest(
-    path: str, concepts_key: str | None, argument: str
-) -> tuple[list[str], list[str], list[list[Concept]], list[str]]:
-    """Image paths, captions, concept lists and row descriptions of a JSONL / CSV manifest.
+def manifest_rows(
+    path: str, argument: str, columns: tuple[str, ...], extra: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a JSONL / CSV manifest with a description of each (``line N of 'path'``).
 
-    With ``concepts_key=None`` concepts are not read (every list is empty).
+    Args:
+        path: the manifest; ``.csv`` is read as CSV with a header, anything else as JSONL.
+        argument: the argument that named it, for the messages.
+        columns: the columns a CSV header must have.
+        extra: an optional column to mention in the message for a short header.
+
+    Raises:
+        ValueError: for a CSV header without ``columns``, a JSONL line that is not a JSON
+            object, or a manifest without rows, naming ``argument`` and the line.
     """
-    folder = os.path.dirname(os.path.abspath(path))
     rows: list[tuple[str, dict[str, Any]]] = []
     with open(path, encoding="utf-8", newline="") as handle:
         if path.lower().endswith(".csv"):
             reader = csv.DictReader(handle)
-            missing = {"image", "caption"} - set(reader.fieldnames or [])
+            missing = set(columns) - set(reader.fieldnames or [])
             if missing:
+                also = f" ({extra!r} too, if used)" if extra else ""
                 raise ValueError(
                     f"`{argument}`={path!r}: the CSV header {reader.fieldnames} lacks the "
-                    f"column(s) {sorted(missing)}; needed are 'image' and 'caption' (concepts "
-                    f"in {concepts_key or 'concepts'!r})."
+                    f"column(s) {sorted(missing)}; needed are {list(columns)}{also}."
                 )
             rows = [(f"line {reader.line_num} of {path!r}", row) for row in reader]
         else:
@@ -46,6 +53,18 @@ def read_manifest(
                 rows.append((where, row))
     if not rows:
         raise ValueError(f"`{argument}`={path!r}: the manifest holds no samples.")
+    return rows
+
+
+def read_manifest(
+    path: str, concepts_key: str | None, argument: str
+) -> tuple[list[str], list[str], list[list[Concept]], list[str]]:
+    """Image paths, captions, concept lists and row descriptions of a JSONL / CSV manifest.
+
+    With ``concepts_key=None`` concepts are not read (every list is empty).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    rows = manifest_rows(path, argument, ("image", "caption"), concepts_key or "concepts")
     images, captions, concepts, places = [], [], [], []
     for where, row in rows:
         for column in ("image", "caption"):
