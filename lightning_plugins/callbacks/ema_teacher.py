@@ -126,7 +126,8 @@ class EMATeacher(Callback):
     :func:`~lightning_plugins.callbacks.load_teacher_weights` gives the same dict (and
     ``lightning-plugins export-teacher CKPT OUT`` writes it), without the module.
 
-    The callback has 18 attributes, and about 350 lines of code, because it keeps
+    The callback has 18 attributes, and about 420 lines below this docstring (method
+    docstrings included), because it keeps
     its ten arguments as given (LightningCLI and ``state_key`` read them) besides its state
     (the average, the counters, the resolved schedule, a checkpoint's state waiting for the
     module, the Trainer), and has hooks for fit, validate, test and predict; the mechanics
