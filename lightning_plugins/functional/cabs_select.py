@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from lightning_plugins.functional._checks import (
     check_length,
 )
 from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr, concept_lengths
+from lightning_plugins.functional.random_streams import keyed_generator
 
 __all__ = [
     "CABS_VARIANTS",
@@ -167,17 +167,16 @@ def cabs_generator(
 ) -> torch.Generator:
     """The tie-breaking random source of one super-batch, for every CABS sampler.
 
-    Seeded from a hash of ``(seed, epoch, super_batch, worker, rank)``, so nearby keys
-    give unrelated streams and no two keys share a seed by arithmetic accident.
+    :func:`~lightning_plugins.functional.random_streams.keyed_generator` of
+    ``(seed, epoch, super_batch, worker, rank)``: nearby keys give unrelated streams and
+    no two keys share a seed by arithmetic accident.
 
     Example:
         >>> a, b = cabs_generator(0, 1, 2), cabs_generator(0, 1, 2)
         >>> torch.equal(torch.randperm(5, generator=a), torch.randperm(5, generator=b))
         True
     """
-    key = repr((int(seed), int(epoch), int(super_batch), int(worker), int(rank))).encode()
-    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-    return torch.Generator().manual_seed(digest)
+    return keyed_generator(seed, epoch, super_batch, worker, rank)
 
 
 # ---------------------------------------------------------------------------- greedy DM

@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
 
 from lightning_plugins.functional._checks import check_int, check_length, check_resume_state
@@ -17,6 +16,7 @@ from lightning_plugins.functional.cabs_select import (
     check_cabs_targets,
 )
 from lightning_plugins.functional.concept_lists import ConceptLists, concept_csr, concept_rows
+from lightning_plugins.sampling.replica_world import ReplicaWorld
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 
 __all__ = ["ConceptAwareBatchSampler", "super_batch_size"]
@@ -32,7 +32,7 @@ def super_batch_size(batch_size: int, filter_ratio: float) -> int:
     return max(batch_size, round(batch_size / (1.0 - filter_ratio)))
 
 
-class ConceptAwareBatchSampler(BatchSampler):
+class ConceptAwareBatchSampler(ReplicaWorld, BatchSampler):
     """Batches chosen by CABS from super-batches, using concept annotations only.
 
     Each step, every rank takes its share of a global super-batch of
@@ -160,26 +160,6 @@ class ConceptAwareBatchSampler(BatchSampler):
         self._yielded = 0
         self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
 
-    def world(self) -> tuple[int, int]:
-        """``(num_replicas, rank)`` this sampler works with."""
-        if self._num_replicas is not None:
-            return self._num_replicas, 0 if self._rank is None else self._rank
-        if hasattr(self.sampler, "num_replicas") and hasattr(self.sampler, "rank"):
-            return int(self.sampler.num_replicas), int(self.sampler.rank)
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-        return 1, 0
-
-    @property
-    def epoch(self) -> int:
-        """The epoch, as set on ``sampler`` by Lightning's ``set_epoch``."""
-        return int(getattr(self.sampler, "epoch", 0))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the candidate order of ``epoch`` (forwarded to ``sampler``)."""
-        if callable(getattr(self.sampler, "set_epoch", None)):
-            self.sampler.set_epoch(epoch)
-
     def set_targets(self, targets: torch.Tensor | Sequence[float] | None) -> None:
         """Steer DM towards ``targets`` (a distribution over concepts) from the next batch."""
         if targets is not None:
@@ -255,11 +235,7 @@ class ConceptAwareBatchSampler(BatchSampler):
         return torch.randperm(self.num_samples, generator=generator)
 
     def _check_world(self, num_replicas: int, rank: int) -> None:
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"`rank` must be in [0, num_replicas), got rank {rank} and num_replicas "
-                f"{num_replicas}."
-            )
+        self.check_rank(num_replicas, rank)
         if self.num_samples < num_replicas * self.super_batch_size:
             raise ValueError(
                 f"{num_replicas} ranks x {self.super_batch_size} candidates per super-batch need "
