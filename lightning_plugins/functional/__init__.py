@@ -18,7 +18,26 @@ from lightning_plugins.functional.distillation import (
     soft_cross_entropy,
 )
 from lightning_plugins.functional.ema import ema_update_
+from lightning_plugins.functional.pacing import (
+    PACINGS,
+    check_pacing_value,
+    geometric_pacing,
+    linear_pacing,
+    resolve_pacing,
+    root_pacing,
+    step_pacing,
+)
 from lightning_plugins.functional.retrieval import retrieval_recall
+from lightning_plugins.functional.sample_scores import (
+    check_scores,
+    difficulty_ranking,
+    ease_from_difficulty,
+    ease_weights,
+    el2n_scores,
+    forgetting_events,
+    grand_scores,
+    prune_mask,
+)
 from lightning_plugins.functional.schedules import (
     constant_schedule,
     cosine_schedule,
@@ -30,7 +49,10 @@ from lightning_plugins.functional.topk_correct import topk_correct
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
 
 __all__ = [
+    "PACINGS",
     "cabs_select",
+    "check_pacing_value",
+    "check_scores",
     "clip_loss",
     "concept_batch_statistics",
     "concept_counts",
@@ -39,17 +61,29 @@ __all__ = [
     "constant_schedule",
     "cosine_schedule",
     "cwcl_loss",
+    "difficulty_ranking",
     "distillation_rows",
+    "ease_from_difficulty",
+    "ease_weights",
+    "el2n_scores",
     "ema_update_",
     "first_occurrence",
+    "forgetting_events",
+    "geometric_pacing",
+    "grand_scores",
     "image_text_distillation",
+    "linear_pacing",
+    "prune_mask",
+    "resolve_pacing",
     "resolve_schedule",
     "retrieval_recall",
+    "root_pacing",
     "siglip_loss",
     "sigmoid_kl_rows",
     "sigmoid_row_loss",
     "soft_cross_entropy",
     "softmax_row_loss",
+    "step_pacing",
     "topk_correct",
     "warmup_decay_schedule",
     "zero_shot_classifier",

@@ -1,5 +1,6 @@
 """Bad inputs to the functional losses, retrieval and top-K: a clear error or a NaN, never a
-silent number (issue 11, points 1, 7 and 8).
+silent number (issue 11, points 1, 7 and 8); to the pacing functions and per-sample scores
+(issue 13).
 
 Each table row is (call, exception type, message regex); the message must name the
 argument, the value given and what is allowed.
@@ -14,10 +15,22 @@ import torch
 import torch.nn.functional as F
 
 from lightning_plugins.functional import (
+    check_scores,
     clip_loss,
     cwcl_loss,
+    difficulty_ranking,
+    ease_from_difficulty,
+    ease_weights,
+    el2n_scores,
+    forgetting_events,
+    grand_scores,
+    linear_pacing,
+    prune_mask,
+    resolve_pacing,
     retrieval_recall,
+    root_pacing,
     siglip_loss,
+    step_pacing,
     topk_correct,
     zero_shot_classifier,
 )
@@ -515,3 +528,159 @@ def test_zero_shot_classifier_rejects_bad_inputs(kwargs, error, match):
     arguments = {"class_names": ["cat", "dog"], "templates": ["a {}"], **kwargs}
     with pytest.raises(error, match=match):
         zero_shot_classifier(encode, **arguments)
+
+
+# ------------------------------------------------------------------ pacing (issue 13)
+BAD_PACING = [
+    (lambda: linear_pacing(0, 10, start=0.0), ValueError, r"`start` must be .* \(0, 1\], got 0\.0"),
+    (lambda: linear_pacing(0, 10, start=1.5), ValueError, r"`start` must be .* \(0, 1\], got 1\.5"),
+    (lambda: root_pacing(0, 10, start=-0.1), ValueError, r"`start` .* \(0, 1\], got -0\.1"),
+    (lambda: root_pacing(0, 10, start=math.nan), ValueError, r"`start` must be a finite"),
+    (lambda: linear_pacing(0, 0), ValueError, r"`total_steps` must be a positive integer, got 0"),
+    (lambda: linear_pacing(0, 2.5), TypeError, r"`total_steps` must be an integer, got 2\.5"),
+    (lambda: linear_pacing(-1, 10), ValueError, r"`step` must be a non-negative integer, got -1"),
+    (lambda: root_pacing(0, 10, power=0.0), ValueError, r"`power` .* \(0, inf\), got 0\.0"),
+    (lambda: step_pacing(0, 10, num_stages=0), ValueError, r"`num_stages` .* positive .* got 0"),
+    (lambda: resolve_pacing("root", 0), ValueError, r"`total_steps` must be a positive integer"),
+    (lambda: resolve_pacing("root", 10, start=0), ValueError, r"`start` .* \(0, 1\], got 0"),
+    (
+        lambda: resolve_pacing("cubic", 10),
+        ValueError,
+        r"`pacing` must be one of \['geometric', 'linear', 'root', 'step'\] .*got 'cubic'",
+    ),
+    (lambda: resolve_pacing(0.5, 10), TypeError, r"`pacing` must be a name of .* got 0\.5"),
+    (lambda: resolve_pacing(lambda s: 0.0, 10)(0), ValueError, r"`pacing\(0\)` .* got 0\.0"),
+    (lambda: resolve_pacing(lambda s: 1.5, 10)(4), ValueError, r"`pacing\(4\)` .* got 1\.5"),
+    (lambda: resolve_pacing(lambda s: math.nan, 10)(1), ValueError, r"`pacing\(1\)` .* nan"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_PACING)
+def test_pacing_rejects_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ------------------------------------------------------------------ per-sample scores (issue 13)
+NAN_SCORES = torch.tensor([0.1, math.nan, 0.3, math.inf, -math.inf])
+
+BAD_SCORES = [
+    (
+        lambda: check_scores(torch.ones(4), "difficulty", 5),
+        ValueError,
+        r"`difficulty` must hold one entry per sample \(5\), got 4",
+    ),
+    (
+        lambda: check_scores(NAN_SCORES, "difficulty", 5),
+        ValueError,
+        r"`difficulty` must be finite, but 3 of its 5 values are not; the first at index 1 \(nan\)",
+    ),
+    (
+        lambda: check_scores(torch.ones(2, 3), "scores"),
+        ValueError,
+        r"`scores` must be 1-D \(one score per sample\), got shape \(2, 3\)",
+    ),
+    (lambda: check_scores("abc", "scores"), TypeError, r"`scores` must be a tensor of numbers"),
+    (
+        lambda: prune_mask(NAN_SCORES, 0.5),
+        ValueError,
+        r"`scores` must be finite, but 3 of its 5 values are not; the first at index 1",
+    ),
+    (
+        lambda: prune_mask(torch.tensor([0.0, 1.0, math.inf]), 0.5),
+        ValueError,
+        r"3 values are not; the first at index 2 \(inf\)",
+    ),
+    (lambda: prune_mask(torch.ones(4), 1.0), ValueError, r"`prune` .* \[0, 1\), got 1\.0"),
+    (lambda: prune_mask(torch.ones(4), -0.1), ValueError, r"`prune` .* \[0, 1\), got -0\.1"),
+    (lambda: prune_mask(torch.ones(4), math.nan), ValueError, r"`prune` must be a finite"),
+    (lambda: prune_mask(torch.ones(4), 0.5, 1.0), ValueError, r"`offset` .* \[0, 1\), got 1\.0"),
+    (lambda: prune_mask(torch.ones(4), 0.5, -0.5), ValueError, r"`offset` .* got -0\.5"),
+    (
+        lambda: prune_mask(torch.ones(4), 0.9),
+        ValueError,
+        r"`prune`=0\.9 would keep none of the 4 samples",
+    ),
+    (
+        lambda: ease_weights(torch.tensor([0.5, 1.2, -0.1]), 0.5),
+        ValueError,
+        r"`ease` must be finite and in \[0, 1\], but 2 of its 3 values are not; the first at "
+        r"index 1 \(1\.2\)",
+    ),
+    (
+        lambda: ease_weights(torch.tensor([0.5]), 1.5),
+        ValueError,
+        r"`progress` .* \[0, 1\], got 1\.5",
+    ),
+    (
+        lambda: difficulty_ranking(torch.tensor([0.0, math.nan])),
+        ValueError,
+        r"`difficulty` must be finite, but 1 of its 2 values are not; the first at index 1",
+    ),
+    (
+        lambda: ease_from_difficulty(torch.zeros(2, 2)),
+        ValueError,
+        r"`difficulty` must be 1-D",
+    ),
+    (
+        lambda: el2n_scores(torch.zeros(3, 4), torch.tensor([0, 1])),
+        ValueError,
+        r"`logits` must be \[B, C\] and `targets` \[B\], got shapes \(3, 4\) and \(2,\)",
+    ),
+    (
+        lambda: el2n_scores(torch.zeros(2, 4), torch.tensor([0, 4])),
+        ValueError,
+        r"`targets` must be class indices in \[0, 4\), got values from 0 to 4",
+    ),
+    (
+        lambda: el2n_scores(torch.zeros(2, 4), torch.tensor([0.0, 1.0])),
+        TypeError,
+        r"`targets` must be an integer tensor, got dtype torch\.float32",
+    ),
+    (
+        lambda: el2n_scores(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 1])),
+        TypeError,
+        r"`logits` must be a floating-point tensor, got dtype torch\.int64",
+    ),
+    (
+        lambda: forgetting_events(torch.ones(3, 4, dtype=torch.long)),
+        TypeError,
+        r"`correct` must be a bool tensor \(use `\.bool\(\)`\), got torch\.int64",
+    ),
+    (
+        lambda: forgetting_events(torch.ones(4, dtype=torch.bool)),
+        ValueError,
+        r"`correct` must be \[E, N\] with at least one row .* got shape \(4,\)",
+    ),
+    (
+        lambda: forgetting_events(torch.ones(0, 4, dtype=torch.bool)),
+        ValueError,
+        r"got shape \(0, 4\)",
+    ),
+    (
+        lambda: grand_scores(lambda p: p["w"].sum(), {"w": torch.ones(3)}),
+        ValueError,
+        r"`loss_fn` must return the \[B\] per-sample losses .* got \(\)",
+    ),
+    (
+        lambda: grand_scores(lambda p: p["w"], {}),
+        TypeError,
+        r"`params` must be a non-empty dict of tensors",
+    ),
+    (
+        lambda: grand_scores(lambda p: p["w"], {"w": torch.ones(3, dtype=torch.long)}),
+        TypeError,
+        r"`params\['w'\]` must be a floating-point tensor, got torch\.int64",
+    ),
+    (
+        lambda: grand_scores(lambda p: p["w"], {"w": torch.ones(3)}, chunk_size=0),
+        ValueError,
+        r"`chunk_size` must be a positive integer, got 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_SCORES)
+def test_sample_scores_reject_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
