@@ -12,9 +12,11 @@ from lightning_plugins.models.image_text_model import (
     resolve_path,
     shipped_model_names,
 )
+from lightning_plugins.models.small_convnet import SmallConvNet
 
 __all__ = [
     "ImageTextTowers",
+    "SmallConvNet",
     "create_image_text_model",
     "create_tokenizer",
     "list_model_names",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -22,9 +20,6 @@ from lightning_plugins.distributed import (
     all_gather_with_grad,
     gather_sizes,
     get_world_size,
-    global_mean,
-    global_sum,
-    global_weighted_mean,
 )
 from lightning_plugins.functional._checks import (
     check_bool,
@@ -37,6 +32,12 @@ from lightning_plugins.functional.zero_shot import zero_shot_classifier
 from lightning_plugins.losses import ContrastiveLoss, SigLipLoss
 from lightning_plugins.metrics import ImageTextEvaluation, ZeroShotClasses, read_zero_shot_data
 from lightning_plugins.models import ImageTextTowers, create_image_text_model, create_tokenizer
+from lightning_plugins.modules.optimizer_setup import (
+    decay_groups,
+    no_weight_decay,
+    scheduled_optimizer,
+)
+from lightning_plugins.modules.sample_weights import sample_reducer
 
 __all__ = ["ContrastiveImageText"]
 
@@ -357,6 +358,32 @@ class ContrastiveImageText(pl.LightningModule):
             return contrastive, None
         return contrastive, self.distillation_loss(image, text, image_features, text_features)
 
+    def classification_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local in-batch image-to-text logits ``[B, B]`` and their targets ``arange(B)``.
+
+        Row ``i`` scores image ``i`` against the batch's captions:
+        ``logit_scale * image_features @ text_features.T`` (plus ``logit_bias`` when the
+        model has one); its target is the sample's own caption, ``i``. This is what
+        :class:`~lightning_plugins.callbacks.DataDiet`'s EL2N scores and forgetting events
+        read (the ``ClassificationLogits`` protocol). Local to this rank: no gathering.
+
+        Example:
+            >>> from lightning_plugins.losses import ClipLoss
+            >>> module = ContrastiveImageText(ClipLoss(), init_logit_scale=2.0,
+            ...                               model_name="ViT-Micro-P8-32")
+            >>> logits, targets = module.classification_logits(
+            ...     {"image": torch.randn(3, 3, 32, 32), "caption": ["a", "b", "c"]})
+            >>> logits.shape, targets.tolist()
+            (torch.Size([3, 3]), [0, 1, 2])
+        """
+        text = self.text_tokens(batch) if isinstance(batch, Mapping) else None
+        self.check_batch(batch, "train" if self.training else "loss", text)
+        image_features, text_features = self(batch["image"], text)
+        logits = self.logit_scale * image_features @ text_features.T
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return logits, torch.arange(logits.shape[0], device=logits.device)
+
     def distillation_loss(
         self,
         image: torch.Tensor,
@@ -411,22 +438,8 @@ class ContrastiveImageText(pl.LightningModule):
         self._logged_terms = {}
         losses = self.per_sample_loss(batch)
         batch_size = losses.shape[0]
-        weight = batch.get("weight") if isinstance(batch, Mapping) else None
         # the (weighted) mean over the global batch, exact under DDP even for unequal batches
-        if weight is None:
-            count = batch_size  # no host sync on one process
-            if get_world_size() > 1:
-                count = int(global_sum(torch.tensor(batch_size, device=losses.device)))
-
-            def reduce(values: torch.Tensor) -> torch.Tensor:
-                return global_mean(values, count)
-        else:
-            total = global_sum(_checked_weight(weight, losses).sum())
-            _check_weight_values(weight, total)
-
-            def reduce(values: torch.Tensor) -> torch.Tensor:
-                return global_weighted_mean(values, weight, total)
-
+        reduce = sample_reducer(batch, losses)
         loss = reduce(losses)
         if "distill_loss" in self._logged_terms:
             for name, values in self._logged_terms.items():
@@ -443,20 +456,11 @@ class ContrastiveImageText(pl.LightningModule):
         the logit scale and bias, class embeddings) and names with ``bn``, ``ln``,
         ``bias`` or ``logit_scale``.
         """
-        return (
-            param.ndim < 2
-            or "bn" in name
-            or "ln" in name
-            or "bias" in name
-            or "logit_scale" in name
-        )
+        return no_weight_decay(name, param)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split into a decayed and a non-decayed group."""
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if self.no_weight_decay(name, param) else decay).append(param)
+        decay, no_decay = decay_groups(self.named_parameters(), self.no_weight_decay)
         if not decay and not no_decay:
             raise ValueError("The model has no trainable parameters; check lock_image/lock_text.")
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -464,26 +468,9 @@ class ContrastiveImageText(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        kwargs = {}
-        if _leaves_total_steps_unset(self.lr_scheduler_factory):
-            kwargs["total_steps"] = self._total_scheduler_steps()
-        scheduler = self.lr_scheduler_factory(optimizer, **kwargs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams.lr_scheduler_interval,
-            },
-        }
-
-    def _total_scheduler_steps(self) -> int | float:
-        """The scheduler's length: stepping batches, or epochs for ``interval="epoch"``."""
-        if self.hparams.lr_scheduler_interval == "epoch":
-            epochs = self.trainer.max_epochs
-            return float("inf") if epochs is None or epochs < 0 else epochs
-        return self.trainer.estimated_stepping_batches
+        return scheduled_optimizer(
+            optimizer, self.lr_scheduler_factory, self.hparams.lr_scheduler_interval, self
+        )
 
     @override
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -724,58 +711,6 @@ def _check_text(text: Any, inputs: dict[str, Any], stage: str, batch_size: int) 
             f"`{name}` has {text.shape[1]} tokens per caption, the model takes {allowed} "
             "(its `context_length`): tokenize with the module's tokenizer or set "
             "`towers.context_length`."
-        )
-
-
-def _leaves_total_steps_unset(factory: Any) -> bool:
-    """Whether a scheduler factory takes ``total_steps`` and was given none.
-
-    True for ``WarmupCosineLR`` (or ``OneCycleLR`` without ``epochs``) configured without
-    ``total_steps``: the class itself, a ``functools.partial`` of it, or LightningCLI's
-    callable (a partial whose arguments hold the class and whose keywords hold the
-    ``init_args``).
-    """
-    keywords: dict[str, Any] = {}
-    while isinstance(factory, functools.partial):
-        keywords = {**factory.keywords, **keywords}
-        classes = [arg for arg in factory.args if isinstance(arg, type)]
-        factory = classes[-1] if classes else factory.func
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-
-    def unset(name: str) -> bool:
-        parameter = parameters.get(name)
-        default = None if parameter is None else parameter.default
-        return keywords.get(name, default) is None
-
-    # OneCycleLR may get its length from `epochs` and `steps_per_epoch` instead
-    return "total_steps" in parameters and unset("total_steps") and unset("epochs")
-
-
-def _checked_weight(weight: Any, losses: torch.Tensor) -> torch.Tensor:
-    """``batch['weight']`` if it is a float tensor ``[B]`` matching the losses."""
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-        raise TypeError(
-            "`train batch['weight']` must be a floating-point tensor [B] of per-sample "
-            f"weights, got {getattr(weight, 'dtype', type(weight).__name__)}."
-        )
-    if weight.shape != losses.shape:
-        raise ValueError(
-            f"`train batch['weight']` must have shape {tuple(losses.shape)} (one weight per "
-            f"sample), got {tuple(weight.shape)}."
-        )
-    return weight
-
-
-def _check_weight_values(weight: torch.Tensor, total: torch.Tensor) -> None:
-    """Weights non-negative, their global sum positive and finite: one host sync."""
-    if not bool(torch.isfinite(total) & (total > 0) & (weight >= 0).all()):
-        raise ValueError(
-            f"`train batch['weight']` must be finite and non-negative and not all zero; got "
-            f"a minimum of {float(weight.min())} and a sum of {float(total)} over the global "
-            "batch."
         )
 
 

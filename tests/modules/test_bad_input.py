@@ -215,3 +215,89 @@ def test_towers_settings_reach_the_module(tmp_path):
         SigLIP(towers=ImageTextTowers(model_name=MICRO, context_length=77))
     with pytest.raises(ValueError, match="`image_tower`='resnet_18' is not a timm model name"):
         CLIP(towers=ImageTextTowers(image_tower="resnet_18", text_tower="bert-base-uncased"))
+
+
+# ------------------------------------------------------------------ ImageClassifier
+def small_classifier(**kwargs):
+    from lightning_plugins.modules import ImageClassifier
+
+    return ImageClassifier(**{"backbone": "small_convnet", "num_classes": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_classes": 0}, ValueError, "`num_classes` must be an integer of at least 2, got 0"),
+        ({"num_classes": 1}, ValueError, "`num_classes` must be an integer of at least 2"),
+        ({"num_classes": 2.5}, TypeError, "`num_classes` must be an integer"),
+        ({"backbone": "resnet_18"}, ValueError, r"`backbone`='resnet_18' is neither a built-in"),
+        ({"backbone": "resnet_18"}, ValueError, r"Close matches: \['resnet18'"),
+        ({"backbone": 3}, TypeError, "`backbone` must be a timm model name"),
+        ({"backbone": "missing/clip.ckpt"}, ValueError, "`backbone`='missing/clip.ckpt' is not an"),
+        (
+            {"label_smoothing": 1.0},
+            ValueError,
+            r"`label_smoothing` must be a finite number in \[0, 1\)",
+        ),
+        ({"label_smoothing": -0.1}, ValueError, "`label_smoothing`"),
+        ({"backbone_lr_scale": -1.0}, ValueError, "`backbone_lr_scale` must be a finite number"),
+        ({"backbone_lr_scale": "0.1"}, TypeError, "`backbone_lr_scale` must be a number"),
+        ({"lr_scheduler_interval": "batch"}, ValueError, "`lr_scheduler_interval` must be one"),
+        ({"backbone_weights": "no/such.pt"}, ValueError, "`backbone_weights`='no/such.pt' is not"),
+        (
+            {"backbone": torch.nn.Flatten(), "backbone_weights": "w.pt"},
+            ValueError,
+            "`backbone_weights`='w.pt' is for a backbone built by name",
+        ),
+    ],
+)
+def test_image_classifier_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        small_classifier(**kwargs)
+
+
+def test_image_classifier_checkpoint_of_another_module(tmp_path):
+    path = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(ValueError, match="is no Lightning checkpoint of a ContrastiveImageText"):
+        small_classifier(backbone=str(path))
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"),
+    [
+        ({"image": torch.randn(2, 3, 32, 32)}, KeyError, "A train batch needs `label`"),
+        ({"label": torch.tensor([0, 1])}, KeyError, "A train batch needs `image`"),
+        (
+            {"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 4])},
+            ValueError,
+            r"`train batch\['label'\]` holds classes in \[0, 4\], outside \[0, 4\)",
+        ),
+        (
+            {"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([-1, 2])},
+            ValueError,
+            r"`train batch\['label'\]` holds classes in \[-1, 2\]",
+        ),
+        (
+            {"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([0.0, 1.0])},
+            TypeError,
+            r"`train batch\['label'\]` must be an integer tensor",
+        ),
+        (
+            {"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 1, 2])},
+            ValueError,
+            r"must have shape \(2,\)",
+        ),
+        (
+            {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "label": torch.tensor([0, 1])},
+            TypeError,
+            r"`train batch\['image'\]` must be a float tensor",
+        ),
+        ([torch.randn(2, 3, 32, 32)], TypeError, "A train batch must be a dict"),
+    ],
+)
+def test_image_classifier_bad_batches(batch, error, match):
+    module = small_classifier()
+    module.log = lambda *args, **kwargs: None
+    with pytest.raises(error, match=match):
+        module.training_step(batch, 0)
