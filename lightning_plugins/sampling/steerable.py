@@ -87,6 +87,8 @@ def _search(obj: Any, path: str, found: list[tuple[str, Any]], seen: set[int]) -
     if isinstance(obj, SteerableSampler):
         found.append((path, obj))
         return type(obj).__name__
+    if hasattr(obj, "iterables"):
+        return f"{type(obj).__name__}({_search(obj.iterables, path, found, seen)})"
     if hasattr(obj, "batch_sampler") and hasattr(obj, "sampler"):  # a DataLoader
         parts = []
         for attribute in ("batch_sampler", "sampler"):
@@ -107,6 +109,4 @@ def _search(obj: Any, path: str, found: list[tuple[str, Any]], seen: set[int]) -
     if isinstance(obj, list | tuple):
         inner = [_search(v, f"{path}[{i}]", found, seen) for i, v in enumerate(obj)]
         return "[" + ", ".join(inner) + "]"
-    if hasattr(obj, "iterables"):
-        return f"{type(obj).__name__}({_search(obj.iterables, path, found, seen)})"
     return "None" if obj is None else type(obj).__name__
