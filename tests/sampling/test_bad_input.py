@@ -196,3 +196,158 @@ def test_message_names_both_values_for_every_field():
     text = str(info.value)
     for field in ("batch_size=4", "seed=0", "batch_size=2", "seed=1"):
         assert re.search(rf"\b{field}\b", text), field
+
+
+# ------------------------------------------------------------------------ CurriculumSampler
+def curriculum(**kwargs):
+    from lightning_plugins.sampling import CurriculumSampler
+
+    return CurriculumSampler(**{"num_samples": 10, "batch_size": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: curriculum(num_samples=0), ValueError, r"`num_samples` must be a positive.*0"),
+        (lambda: curriculum(num_samples=2.0), TypeError, r"`num_samples` must be an integer"),
+        (lambda: curriculum(batch_size=0), ValueError, r"`batch_size` must be a positive"),
+        (lambda: curriculum(seed="1"), TypeError, r"`seed` must be an integer, got '1'"),
+        (lambda: curriculum(drop_last="no"), TypeError, r"`drop_last` must be a bool.*'no'"),
+        (lambda: curriculum(num_replicas=2, rank=2), ValueError, r"`rank` must be in"),
+        (
+            lambda: curriculum(batch_size=6, drop_last=True, num_replicas=2),
+            ValueError,
+            r"`drop_last`=True with 2 ranks x `batch_size` 6 leaves no step.*12.*10",
+        ),
+    ],
+)
+def test_curriculum_constructor_refuses(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("setter", "args", "error", "message"),
+    [
+        (
+            "set_subset",
+            ([True] * 9,),
+            ValueError,
+            r"`subset` must hold one entry per sample.*10.*9",
+        ),
+        ("set_subset", ([0, 10],), ValueError, r"`subset` indices must be in \[0, 10\), got 10"),
+        ("set_subset", ([-1],), ValueError, r"`subset` indices.*got -1"),
+        ("set_subset", ([False] * 10,), ValueError, r"`subset` leaves no sample to draw"),
+        ("set_subset", (torch.ones(10),), TypeError, r"`subset` must be a bool mask or integer"),
+        ("set_subset", ("0,1",), TypeError, r"`subset` must be a tensor, array or list.*'0,1'"),
+        ("set_subset", (3,), TypeError, r"`subset` must be a tensor.*3 \(int\)"),
+        ("set_subset", (torch.zeros(2, 5, dtype=torch.bool),), ValueError, r"`subset` must be 1-D"),
+        ("set_weights", ([1.0] * 11,), ValueError, r"`weights` must hold one entry per sample.*11"),
+        (
+            "set_weights",
+            ([1.0] * 9 + [NAN],),
+            ValueError,
+            r"`weights` must be finite.*nan at index 9",
+        ),
+        ("set_weights", ([INF] + [1.0] * 9,), ValueError, r"`weights`.*inf at index 0"),
+        ("set_weights", ([1.0, -2.0] + [1.0] * 8,), ValueError, r"`weights`.*-2.0 at index 1"),
+        ("set_weights", ([0.0] * 10,), ValueError, r"`weights` leaves no sample to draw"),
+        ("set_weights", ([True] * 10,), TypeError, r"`weights` must hold real numbers.*bool"),
+        ("set_weights", ({"a": 1},), TypeError, r"`weights` must be a tensor"),
+        (
+            "set_pacing",
+            (list(range(9)), [1.0] * 3),
+            ValueError,
+            r"`ranking` must hold one entry per sample.*9",
+        ),
+        (
+            "set_pacing",
+            ([0] * 10, [1.0] * 3),
+            ValueError,
+            r"`ranking` must be a permutation.*index 0 appears 10 times and 1 is missing",
+        ),
+        (
+            "set_pacing",
+            (list(range(1, 11)), [1.0] * 3),
+            ValueError,
+            r"`ranking` must be a permutation of range\(10\), got index 10",
+        ),
+        ("set_pacing", ([0.0] * 10, [1.0] * 3), TypeError, r"`ranking` must hold integer.*float"),
+        (
+            "set_pacing",
+            (list(range(10)), [1.0] * 4),
+            ValueError,
+            r"`fractions` must hold one entry per step of the epoch \(3\), got 4",
+        ),
+        (
+            "set_pacing",
+            (list(range(10)), [0.0, 0.5, 1.0]),
+            ValueError,
+            r"`fractions` must be in \(0, 1\], got 0.0 at index 0",
+        ),
+        (
+            "set_pacing",
+            (list(range(10)), [0.5, 1.5, 1.0]),
+            ValueError,
+            r"`fractions`.*1.5 at index 1",
+        ),
+        (
+            "set_pacing",
+            (list(range(10)), [0.5, NAN, 1.0]),
+            ValueError,
+            r"`fractions`.*nan at index 1",
+        ),
+        (
+            "set_pacing",
+            (list(range(10)), None),
+            ValueError,
+            r"`fractions` is None but `ranking` is not",
+        ),
+        ("set_pacing", (None, [1.0] * 3), ValueError, r"`ranking` is None but `fractions` is not"),
+        ("set_pacing", (list(range(10)), "1"), TypeError, r"`fractions` must be a tensor"),
+    ],
+)
+def test_curriculum_steering_refuses(setter, args, error, message):
+    sampler = curriculum()
+    with pytest.raises(error, match=message):
+        getattr(sampler, setter)(*args)
+    assert sampler.pending.subset is None and sampler.pending.weights is None  # unchanged
+
+
+def test_curriculum_subset_and_weights_together_must_allow_a_sample():
+    sampler = curriculum()
+    sampler.set_subset([0, 1])
+    with pytest.raises(ValueError, match=r"This `weights` leaves no sample"):
+        sampler.set_weights([0.0, 0.0] + [1.0] * 8)
+
+
+def test_curriculum_fractions_for_another_world_are_refused_at_iteration():
+    sampler = curriculum()
+    sampler.set_pacing(list(range(10)), [1.0, 1.0, 1.0])
+    sampler._num_replicas = 2  # as if re-created for two ranks with the same steering
+    with pytest.raises(ValueError, match=r"`fractions` holds 3 entries, but this epoch has 2"):
+        iter(sampler)
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"num_samples": 12}, r"num_samples=10.*num_samples=12"),
+        ({"batch_size": 2}, r"batch_size=4.*batch_size=2"),
+        ({"seed": 1}, r"seed=0.*seed=1"),
+        ({"drop_last": True}, r"drop_last=False.*drop_last=True"),
+        ({"num_replicas": 2, "rank": 0, "num_samples": 16}, r"num_replicas=1.*num_replicas=2"),
+    ],
+)
+def test_curriculum_resume_with_another_configuration_is_refused(changed, message):
+    state = curriculum().state_dict()
+    with pytest.raises(ValueError, match=message):
+        curriculum(**changed).load_state_dict(state)
+
+
+def test_curriculum_refuses_a_state_of_another_sampler():
+    with pytest.raises(ValueError, match=r"saved by 'ShuffleSampler'"):
+        curriculum().load_state_dict(ShuffleSampler(10).state_dict())
