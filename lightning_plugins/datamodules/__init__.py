@@ -1,5 +1,6 @@
 """LightningDataModules and the datasets behind them."""
 
+from lightning_plugins.datamodules.digits import Digits
 from lightning_plugins.datamodules.image_text import ImageTextDataModule
 from lightning_plugins.datamodules.synthetic_shapes import (
     ShapesClassification,
@@ -7,4 +8,10 @@ from lightning_plugins.datamodules.synthetic_shapes import (
     SyntheticShapes,
 )
 
-__all__ = ["ImageTextDataModule", "ShapesClassification", "ShapesPairs", "SyntheticShapes"]
+__all__ = [
+    "Digits",
+    "ImageTextDataModule",
+    "ShapesClassification",
+    "ShapesPairs",
+    "SyntheticShapes",
+]

@@ -27,13 +27,14 @@ from lightning_plugins.functional._checks import (
     check_float,
     check_int,
 )
-from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
+from lightning_plugins.sampling import ConceptAwareBatchSampler, CurriculumSampler
 
 __all__ = ["ShapesClassification", "ShapesPairs", "SyntheticShapes"]
 
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("one {}", "a picture of one {}", "an image with one {}")
-_STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT = 0, 1, 2
+_STREAM_TRAIN, _STREAM_RETRIEVAL, _STREAM_ZERO_SHOT, _STREAM_CLASSIFICATION_TRAIN = 0, 1, 2, 3
 SAMPLING_MODES = ("iid", "cabs")
+TASKS = ("pairs", "classification")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -143,18 +144,34 @@ class ShapesPairs(Dataset):
 
 
 class ShapesClassification(Dataset):
-    """Single-object images balanced over all concepts, for zero-shot classification.
+    """Single-object images balanced over all concepts, for (zero-shot) classification.
 
-    Sample ``i`` shows concept ``i % num_concepts``. Each sample is a dict with
-    ``image``, ``label`` (int64 concept id) and ``index`` (int64).
+    Sample ``i`` shows concept ``i % num_concepts``, drawn deterministically from
+    ``(seed, stream, i)``. Each sample is a dict with ``image``, ``label`` (int64 concept
+    id) and ``index`` (int64).
+
+    Args:
+        size: number of samples.
+        num_concepts: number of concepts (classes), 1 to 64.
+        seed: seed of the whole dataset.
+        image_size: side of the square images in pixels.
+        stream: distinguishes datasets drawn with the same seed (the zero-shot validation
+            set by default; ``SyntheticShapes(task="classification")`` trains on another).
 
     Example:
         >>> ds = ShapesClassification(128, num_concepts=64, seed=0)
-        >>> int(ds[70]["label"])
-        6
+        >>> int(ds[70]["label"]), ds.concepts(70)
+        (6, [6])
     """
 
-    def __init__(self, size: int, num_concepts: int, seed: int = 0, image_size: int = 32) -> None:
+    def __init__(
+        self,
+        size: int,
+        num_concepts: int,
+        seed: int = 0,
+        image_size: int = 32,
+        stream: int = _STREAM_ZERO_SHOT,
+    ) -> None:
         if not 1 <= num_concepts <= len(SHAPES) * len(COLORS):
             raise ValueError(
                 f"`num_concepts` must be in 1..{len(SHAPES) * len(COLORS)}, got {num_concepts}."
@@ -163,15 +180,20 @@ class ShapesClassification(Dataset):
         self.num_concepts = num_concepts
         self.seed = seed
         self.image_size = image_size
+        self.stream = stream
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def concepts(self, index: int) -> list[int]:
+        """The one concept id (the label) of sample ``index``, computed without drawing."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} samples")
-        label = index % self.num_concepts
-        rng = np.random.default_rng([self.seed, _STREAM_ZERO_SHOT, index])
+        return [index % self.num_concepts]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        label = self.concepts(index)[0]
+        rng = np.random.default_rng([self.seed, self.stream, index])
         noise = rng.uniform(-1.0, 1.0, size=(self.image_size, self.image_size, 3))
         image = draw_scene(_layout(rng, [label], self.image_size), self.image_size, noise)
         return {
@@ -188,13 +210,28 @@ class SyntheticShapes(CheckedResume):
     colours) drawn from a Zipf-like distribution, so rare concepts are rare. Captions
     name each object with its count ("two red circles and one blue star").
 
-    Training batches carry ``image``, ``caption``, ``concepts`` and ``index``; the module
-    tokenizes ``caption`` into ``text``. Validation has two dataloaders: single-object
-    images balanced over all concepts, with ``label``, for zero-shot classification
-    (class names in ``class_names``, prompts in ``templates``, the rarest quarter of
-    concepts in ``class_groups["rare"]``), and multi-object image-caption pairs for
-    retrieval. ``concept_names`` names the ids of ``concepts`` (the same 64 names as
-    ``class_names``).
+    ``task="pairs"`` (image-text training): batches carry ``image``, ``caption``,
+    ``concepts`` and ``index``; the module tokenizes ``caption`` into ``text``. Validation
+    has two dataloaders: single-object images balanced over all concepts, with ``label``,
+    for zero-shot classification (class names in ``class_names``, prompts in
+    ``templates``, the rarest quarter of concepts in ``class_groups["rare"]``), and
+    multi-object image-caption pairs for retrieval. ``concept_names`` names the ids of
+    ``concepts`` (the same 64 names as ``class_names``).
+
+    ``task="classification"`` (the view an image classifier such as
+    :class:`~lightning_plugins.modules.ImageClassifier` trains on): ``train_size``
+    single-object images, balanced over the concepts, the concept as class; batches carry
+    ``image``, ``label`` and ``index``. The training images are drawn from their own
+    stream, never the validation images. Validation is one dataloader, the zero-shot set
+    above with its ``label``. ``num_classes`` is the number of concepts (64) for both
+    tasks.
+
+    The i.i.d. training loader is a steerable
+    :class:`~lightning_plugins.sampling.CurriculumSampler`: callbacks such as
+    ``Curriculum`` or ``DataDiet`` find it with
+    :func:`~lightning_plugins.sampling.find_steerable_sampler`. Unsteered on one process
+    it yields :class:`~lightning_plugins.sampling.ShuffleSampler`'s order of
+    ``(seed, epoch)`` in batches, the same pairs stream as earlier versions.
 
     Args:
         batch_size: samples per batch and process.
@@ -206,32 +243,37 @@ class SyntheticShapes(CheckedResume):
         max_objects: most objects per training image, 1 to 4.
         zipf_exponent: long-tail strength; 0 is uniform.
         seed: seed of all data.
-        sampling: ``"iid"`` (shuffled batches) or ``"cabs"`` (Concept-Aware Batch
-            Sampling: a :class:`~lightning_plugins.sampling.ConceptAwareBatchSampler`
-            chooses each batch from a super-batch by concept annotations, before any
-            image is drawn).
+        sampling: ``"iid"`` (shuffled batches) or, for ``task="pairs"`` only, ``"cabs"``
+            (Concept-Aware Batch Sampling: a
+            :class:`~lightning_plugins.sampling.ConceptAwareBatchSampler` chooses each
+            batch from a super-batch by concept annotations, before any image is drawn).
         filter_ratio: CABS: share of each super-batch dropped, in ``[0, 1)``.
         cabs_variant: CABS: ``"dm"`` (diversity) or ``"fm"`` (most objects first).
         cabs_cap: CABS DM: most occurrences of one concept per batch, or ``None``.
         cabs_targets: CABS DM: a target distribution over the 64 concepts, or ``None``
             for uniform over the concepts of each super-batch.
-        drop_last: ``"iid"``: drop the last incomplete training batch of every epoch (as
-            open_clip's loader does), so a contrastive loss never sees a batch of one
-            pair. ``"cabs"`` never yields incomplete batches.
+        drop_last: ``"iid"``: drop the last incomplete training step of every epoch (as
+            open_clip's loader does); without it the last step is filled up from the
+            next shuffled pass, so no batch is ever smaller than ``batch_size`` (a
+            contrastive loss never sees a batch of one pair). ``"cabs"`` never yields
+            incomplete batches.
+        task: ``"pairs"`` (image-caption pairs) or ``"classification"`` (single-object
+            images with the concept as ``label``).
 
     **Resuming.** :meth:`state_dict` (saved by Lightning in checkpoints) holds the
-    settings the training stream depends on (``sampling``, ``batch_size``,
+    settings the training stream depends on (``task``, ``sampling``, ``batch_size``,
     ``train_size``, ``seed``, ``max_objects``, ``zipf_exponent``, ``num_workers``,
     ``drop_last`` and, for CABS, ``filter_ratio``); resuming with other values raises a
     ``ValueError`` naming each, before any batch is loaded. Checkpoints without this
-    state (earlier versions) resume unchecked.
+    state (earlier versions) resume unchecked; a saved state without ``task`` (saved
+    before it existed) counts as ``task="pairs"``.
 
     Raises:
         TypeError: for a size, seed or ``zipf_exponent`` that is not a number (``1.5``
             or ``"64"`` for a size), or a ``drop_last`` that is not a bool.
         ValueError: for sizes below 1, ``max_objects`` outside 1-4, ``image_size`` below
-            16, a negative ``zipf_exponent``, an unknown ``sampling``, or CABS settings
-            the sampler rejects.
+            16, a negative ``zipf_exponent``, an unknown ``sampling`` or ``task``, CABS
+            with ``task="classification"``, or CABS settings the sampler rejects.
 
     Example:
         >>> dm = SyntheticShapes(batch_size=8, train_size=32)
@@ -241,6 +283,10 @@ class SyntheticShapes(CheckedResume):
         (['caption', 'concepts', 'image', 'index'], torch.Size([8, 3, 32, 32]))
         >>> len(dm.class_names), len(dm.class_groups["rare"])
         (64, 16)
+        >>> dm = SyntheticShapes(batch_size=8, train_size=32, task="classification")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> sorted(batch), batch["label"].dtype, dm.num_classes
+        (['image', 'index', 'label'], torch.int64, 64)
     """
 
     def __init__(
@@ -260,6 +306,7 @@ class SyntheticShapes(CheckedResume):
         cabs_cap: int | None = 10,
         cabs_targets: list[float] | None = None,
         drop_last: bool = True,
+        task: str = "pairs",
     ) -> None:
         super().__init__()
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -272,12 +319,20 @@ class SyntheticShapes(CheckedResume):
         zipf_exponent = check_float(zipf_exponent, "zipf_exponent", low=0)
         seed = check_int(seed, "seed")
         check_choice(sampling, "sampling", SAMPLING_MODES)
+        self.task = check_choice(task, "task", TASKS)
+        if sampling == "cabs" and task != "pairs":
+            raise ValueError(
+                f"`sampling='cabs'` needs `task='pairs'` (CABS chooses image-caption pairs by "
+                f"their concepts), got `task={task!r}`; use `sampling='iid'` for "
+                f"{task!r}."
+            )
         self.drop_last = check_bool(drop_last, "drop_last")
         self.zipf_exponent = zipf_exponent
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
         self.num_concepts = len(SHAPES) * len(COLORS)
+        self.num_classes = self.num_concepts  # one class per concept
         self.probabilities = zipf_probabilities(self.num_concepts, zipf_exponent)
         self.concept_names: list[str] = [concept_name(c) for c in range(self.num_concepts)]
         self.class_names: list[str] = list(self.concept_names)  # one class per concept
@@ -286,8 +341,14 @@ class SyntheticShapes(CheckedResume):
         self.class_groups: dict[str, list[int]] = {
             "rare": sorted(by_frequency[: self.num_concepts // 4].tolist())
         }
-        self.train_set = ShapesPairs(
-            train_size, self.probabilities, seed, _STREAM_TRAIN, image_size, 1, max_objects
+        self.train_set: ShapesPairs | ShapesClassification = (
+            ShapesPairs(
+                train_size, self.probabilities, seed, _STREAM_TRAIN, image_size, 1, max_objects
+            )
+            if task == "pairs"
+            else ShapesClassification(
+                train_size, self.num_concepts, seed, image_size, _STREAM_CLASSIFICATION_TRAIN
+            )
         )
         self.retrieval_set = ShapesPairs(
             retrieval_size,
@@ -301,6 +362,7 @@ class SyntheticShapes(CheckedResume):
         self.zero_shot_set = ShapesClassification(
             zero_shot_size, self.num_concepts, seed, image_size
         )
+        self.max_objects = max_objects
         self.sampling = sampling
         self.cabs = {
             "filter_ratio": filter_ratio,
@@ -343,14 +405,15 @@ class SyntheticShapes(CheckedResume):
         )
 
     def train_dataloader(self) -> StatefulDataLoader:
-        """Image-caption pairs, shuffled per epoch from ``(seed, epoch)``, or CABS batches.
+        """Training samples shuffled per epoch from ``(seed, epoch)``, or CABS batches.
 
-        A ``StatefulDataLoader`` over a :class:`ShuffleSampler` (``sampling="iid"``) or a
-        :class:`ConceptAwareBatchSampler` (``"cabs"``): Lightning saves its position in
-        checkpoints, so a run resumed from a mid-epoch checkpoint sees exactly the
-        batches it would have seen. Under DDP Lightning hands each a distributed sampler;
-        both stay deterministic per epoch and give every rank its own samples. With
-        ``drop_last`` (the default) the last incomplete i.i.d. batch is dropped.
+        A ``StatefulDataLoader`` over a steerable :class:`CurriculumSampler`
+        (``sampling="iid"``) or a :class:`ConceptAwareBatchSampler` (``"cabs"``):
+        Lightning saves its position in checkpoints, so a run resumed from a mid-epoch
+        checkpoint sees exactly the batches it would have seen. Under DDP Lightning hands
+        each a distributed sampler; both stay deterministic per epoch and give every rank
+        its own samples. With ``drop_last`` (the default) the last incomplete i.i.d. step
+        is dropped, otherwise filled up from the next shuffled pass.
         """
         if self.sampling == "cabs":
             return stateful_loader(
@@ -359,11 +422,12 @@ class SyntheticShapes(CheckedResume):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
+        sampler = CurriculumSampler(
+            len(self.train_set), self.batch_size, seed=self.seed, drop_last=self.drop_last
+        )
         return stateful_loader(
             self.train_set,
-            batch_size=self.batch_size,
-            sampler=ShuffleSampler(len(self.train_set), seed=self.seed),
-            drop_last=self.drop_last,
+            batch_sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -372,11 +436,12 @@ class SyntheticShapes(CheckedResume):
         """The settings the training stream (and a saved loader position) depends on."""
         config = {
             "kind": type(self).__name__,
+            "task": self.task,
             "sampling": self.sampling,
             "batch_size": self.batch_size,
             "train_size": len(self.train_set),
             "seed": self.seed,
-            "max_objects": self.train_set.max_objects,
+            "max_objects": self.max_objects,
             "zipf_exponent": self.zipf_exponent,
             "num_workers": self.num_workers,
             "drop_last": self.drop_last,
@@ -385,10 +450,26 @@ class SyntheticShapes(CheckedResume):
             config["filter_ratio"] = float(self.cabs["filter_ratio"])
         return config
 
-    def val_dataloader(self) -> list[DataLoader]:
-        """Zero-shot classification images, then retrieval pairs."""
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check a checkpoint's settings (see :class:`CheckedResume`); no ``task`` means pairs.
+
+        Raises:
+            ValueError: naming every setting of :meth:`config` that differs.
+        """
+        saved = state_dict.get("config") if isinstance(state_dict, dict) else None
+        if isinstance(saved, dict) and "task" not in saved:  # saved before `task` existed
+            state_dict = {**state_dict, "config": {**saved, "task": "pairs"}}
+        super().load_state_dict(state_dict)
+
+    def val_dataloader(self) -> list[DataLoader] | DataLoader:
+        """Pairs: zero-shot classification images, then retrieval pairs.
+
+        Classification: the single-object validation images with their ``label``.
+        """
+        if self.task == "classification":
+            return self._loader(self.zero_shot_set)
         return [self._loader(self.zero_shot_set), self._loader(self.retrieval_set)]
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def test_dataloader(self) -> list[DataLoader] | DataLoader:
         """The validation sets."""
         return self.val_dataloader()

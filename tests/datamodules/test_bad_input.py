@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_plugins.datamodules import ImageTextDataModule, SyntheticShapes
+from lightning_plugins.datamodules import Digits, ImageTextDataModule, SyntheticShapes
 from lightning_plugins.datamodules.concept_annotations import parse_concepts
 from lightning_plugins.datamodules.concept_vocabulary import concept_ids, read_vocabulary
 from lightning_plugins.datamodules.decoding_stream import DecodingStream
@@ -93,6 +93,12 @@ def module(train: str, **kwargs) -> ImageTextDataModule:
         ({"drop_last": 1}, TypeError, r"`drop_last` must be a bool"),
         ({"sampling": "cabs", "filter_ratio": 1.0}, ValueError, r"`filter_ratio`"),
         ({"sampling": "cabs", "cabs_cap": 0}, ValueError, r"`cap`|`cabs_cap`"),
+        ({"task": "caption"}, ValueError, r"`task` must be one of \('pairs', 'classification'\)"),
+        (
+            {"task": "classification", "sampling": "cabs"},
+            ValueError,
+            r"`sampling='cabs'` needs `task='pairs'`.*got `task='classification'`",
+        ),
     ],
 )
 def test_synthetic_shapes_refuses(kwargs, error, message):
@@ -354,10 +360,14 @@ def test_shard_sample_with_bad_json_and_no_caption(data):
 
 
 # -------------------------------------------------------------------------- drop_last
-@pytest.mark.parametrize(("drop_last", "sizes"), [(True, [4, 4, 4, 4]), (False, [4, 4, 4, 4, 1])])
-def test_synthetic_shapes_drops_the_one_pair_batch(drop_last, sizes):
+@pytest.mark.parametrize(("drop_last", "sizes"), [(True, [4, 4, 4, 4]), (False, [4, 4, 4, 4, 4])])
+def test_synthetic_shapes_never_yields_a_one_pair_batch(drop_last, sizes):
+    """17 pairs in batches of 4: the one left over is dropped, or its step filled up."""
     dm = SyntheticShapes(batch_size=4, train_size=17, image_size=16, drop_last=drop_last)
-    assert [len(batch["index"]) for batch in dm.train_dataloader()] == sizes
+    batches = [batch["index"] for batch in dm.train_dataloader()]
+    assert [len(indices) for indices in batches] == sizes
+    assert all(len(set(indices.tolist())) == len(indices) for indices in batches)
+    assert len(set(torch.cat(batches).tolist())) == (16 if drop_last else 17)
 
 
 def test_synthetic_shapes_drops_last_by_default():
@@ -384,6 +394,7 @@ def test_image_text_drops_the_incomplete_batch_by_default(data, train):
         ({"seed": 0}, {"seed": 1}, r"seed=0.* has seed=1"),
         ({"num_workers": 0}, {"num_workers": 1}, r"num_workers=0.* has num_workers=1"),
         ({"drop_last": True}, {"drop_last": False}, r"drop_last=True.* has drop_last=False"),
+        ({"task": "pairs"}, {"task": "classification"}, r"task='pairs'.* has task='classif"),
     ],
 )
 def test_synthetic_shapes_refuses_a_checkpoint_of_other_settings(saved, resumed, message):
@@ -440,3 +451,42 @@ def test_validating_from_a_checkpoint_of_other_settings_is_allowed():
     dm.trainer.state.fn = "fit"
     with pytest.raises(ValueError, match=r"batch_size=4, but this one has batch_size=8"):
         dm.load_state_dict(SyntheticShapes(batch_size=4, train_size=64).state_dict())
+
+
+# ------------------------------------------------------------------------------ Digits
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"label_noise": 1.0}, ValueError, r"`label_noise` must be a finite number in \[0, 1\)"),
+        ({"label_noise": -0.1}, ValueError, r"`label_noise` must be .* \[0, 1\), got -0\.1"),
+        ({"label_noise": float("nan")}, ValueError, r"`label_noise` must be a finite.*nan"),
+        ({"label_noise": "0.2"}, TypeError, r"`label_noise` must be a number, got '0\.2'"),
+        ({"label_noise": True}, TypeError, r"`label_noise` must be a number"),
+        ({"val_fraction": 1.0}, ValueError, r"`val_fraction` must be .* \[0, 1\), got 1\.0"),
+        ({"test_fraction": -0.2}, ValueError, r"`test_fraction` must be .* \[0, 1\)"),
+        ({"val_fraction": None}, TypeError, r"`val_fraction` must be a number, got None"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            ValueError,
+            r"`val_fraction` \+ `test_fraction` must be below 1.*0\.5 \+ 0\.5",
+        ),
+        ({"channels": 2}, ValueError, r"`channels` must be one of \(1, 3\), got 2"),
+        ({"channels": 3.0}, TypeError, r"`channels` must be an integer, got 3\.0"),
+        ({"image_size": 7}, ValueError, r"`image_size` must be an integer of at least 8, got 7"),
+        ({"image_size": "32"}, TypeError, r"`image_size` must be an integer, got '32'"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, TypeError, r"`batch_size` must be an integer, got 2\.5"),
+        ({"num_workers": -1}, ValueError, r"`num_workers` must be a non-negative"),
+        ({"seed": 0.5}, TypeError, r"`seed` must be an integer"),
+        ({"split_seed": "1"}, TypeError, r"`split_seed` must be an integer"),
+        ({"drop_last": 1}, TypeError, r"`drop_last` must be a bool"),
+        (
+            {"batch_size": 2000, "drop_last": True},
+            ValueError,
+            r"`batch_size` must not exceed the 1079 training images with `drop_last=True`",
+        ),
+    ],
+)
+def test_digits_refuses(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Digits(**kwargs)

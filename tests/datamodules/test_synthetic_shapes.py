@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_plugins.datamodules import ShapesClassification, ShapesPairs, SyntheticShapes
 from lightning_plugins.datamodules.shapes_scene import (
@@ -16,6 +17,7 @@ from lightning_plugins.datamodules.shapes_scene import (
     concept_name,
     zipf_probabilities,
 )
+from lightning_plugins.sampling import CurriculumSampler, ShuffleSampler, find_steerable_sampler
 
 P = zipf_probabilities(64, 1.0)
 
@@ -296,3 +298,104 @@ def test_cabs_sampling_chooses_on_metadata(variant):
         assert min(objects) > 2.5
     frequencies = dm.concept_frequencies
     assert frequencies.shape == (64,) and int(frequencies.sum()) == sum(map(len, dm.train_concepts))
+
+
+# ---------------------------------------------------------------- i.i.d. stream
+def reference_batches(dm: SyntheticShapes, epoch: int, drop_last: bool) -> list[dict]:
+    """The earlier i.i.d. loader: ShuffleSampler's order of (seed, epoch), batched."""
+    sampler = ShuffleSampler(len(dm.train_set), seed=dm.seed)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(
+        dm.train_set, batch_size=dm.batch_size, sampler=sampler, drop_last=drop_last
+    )
+    return list(loader)
+
+
+def batches_equal(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("task", ["pairs", "classification"])
+def test_iid_stream_is_the_shuffle_sampler_stream(task, drop_last):
+    """Bitwise the batches of ShuffleSampler + batching (the pairs stream of earlier versions).
+
+    Without ``drop_last`` the last, incomplete step starts with the same samples and is
+    filled up with other ones (a whole batch, no repeats).
+    """
+    dm = SyntheticShapes(
+        batch_size=4, train_size=18, image_size=16, seed=3, drop_last=drop_last, task=task
+    )
+    loader = dm.train_dataloader()
+    assert isinstance(loader.batch_sampler, CurriculumSampler)
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        batches = list(loader)
+        expected = reference_batches(dm, epoch, drop_last)
+        assert len(batches) == len(expected) == (4 if drop_last else 5)
+        for batch, reference in zip(batches[:4], expected[:4], strict=True):
+            assert batches_equal(batch, reference)
+        if not drop_last:
+            last, partial = batches[4], expected[4]
+            assert len(last["index"]) == 4 and len(set(last["index"].tolist())) == 4
+            assert torch.equal(last["index"][:2], partial["index"])
+            assert torch.equal(last["image"][:2], partial["image"])
+    assert not torch.equal(reference_batches(dm, 0, True)[0]["index"], expected[0]["index"])
+
+
+def test_iid_loader_is_steerable():
+    dm = SyntheticShapes(batch_size=4, train_size=40, image_size=16)
+    loader = dm.train_dataloader()
+    sampler = find_steerable_sampler(loader)
+    assert sampler is loader.batch_sampler and sampler.num_samples == 40
+    sampler.set_subset(torch.arange(8))
+    assert set(torch.cat([b["index"] for b in loader]).tolist()) <= set(range(8))
+
+
+# ---------------------------------------------------------------- classification view
+def test_classification_task():
+    dm = SyntheticShapes(batch_size=8, train_size=80, zero_shot_size=16, task="classification")
+    assert dm.num_classes == dm.num_concepts == 64 == len(dm.class_names)
+    assert isinstance(dm.train_set, ShapesClassification) and len(dm.train_set) == 80
+    batch = next(iter(dm.train_dataloader()))
+    check_batch(batch, {"image", "label", "index"}, 8, 32)
+    assert torch.equal(batch["label"], batch["index"] % 64)
+    assert dm.train_concepts[70] == [6] and int(dm.concept_frequencies.sum()) == 80
+    # the training images are not the zero-shot validation images
+    assert all(
+        not torch.equal(dm.train_set[i]["image"], dm.zero_shot_set[i]["image"]) for i in range(16)
+    )
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert isinstance(loader, DataLoader)
+        val = list(loader)
+        assert torch.equal(torch.cat([b["label"] for b in val]), torch.arange(16) % 64)
+        assert batches_equal(val[0], next(iter(DataLoader(dm.zero_shot_set, batch_size=8))))
+    assert find_steerable_sampler(dm.train_dataloader()).num_samples == 80
+
+
+def test_classification_stream_is_its_own():
+    train = ShapesClassification(8, 64, seed=0, stream=3)
+    zero_shot = ShapesClassification(8, 64, seed=0)
+    assert all(not torch.equal(train[i]["image"], zero_shot[i]["image"]) for i in range(8))
+    assert [int(train[i]["label"]) for i in range(8)] == list(range(8))
+
+
+def test_classification_task_refuses_cabs():
+    with pytest.raises(ValueError, match=r"`sampling='cabs'` needs `task='pairs'`"):
+        SyntheticShapes(task="classification", sampling="cabs")
+
+
+def test_task_is_part_of_the_resume_config():
+    pairs = SyntheticShapes(batch_size=4, train_size=64)
+    classification = SyntheticShapes(batch_size=4, train_size=64, task="classification")
+    assert pairs.config()["task"] == "pairs"
+    with pytest.raises(ValueError, match=r"task='pairs', but this one has task='classification'"):
+        classification.load_state_dict(pairs.state_dict())
+    classification.load_state_dict(classification.state_dict())
+    # a checkpoint saved before `task` existed was a pairs run
+    old = {"config": {k: v for k, v in pairs.config().items() if k != "task"}}
+    pairs.load_state_dict(old)
+    with pytest.raises(ValueError, match=r"task='pairs', but this one has task='classification'"):
+        classification.load_state_dict(old)
