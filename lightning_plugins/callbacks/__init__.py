@@ -2,7 +2,11 @@
 
 from lightning_plugins.callbacks.concept_plot import plot_concept_frequencies
 from lightning_plugins.callbacks.concept_statistics import ConceptStatistics
+from lightning_plugins.callbacks.curriculum import Curriculum
+from lightning_plugins.callbacks.data_diet import DataDiet
 from lightning_plugins.callbacks.ema_teacher import EMATeacher
+from lightning_plugins.callbacks.sample_protocols import ClassificationLogits, PerSampleLoss
+from lightning_plugins.callbacks.score_histogram import plot_score_histogram
 from lightning_plugins.callbacks.teacher_view import TeacherView
 from lightning_plugins.callbacks.teacher_weights import (
     export_teacher,
@@ -11,11 +15,16 @@ from lightning_plugins.callbacks.teacher_weights import (
 )
 
 __all__ = [
+    "ClassificationLogits",
     "ConceptStatistics",
+    "Curriculum",
+    "DataDiet",
     "EMATeacher",
+    "PerSampleLoss",
     "TeacherView",
     "export_teacher",
     "load_teacher_weights",
     "plot_concept_frequencies",
+    "plot_score_histogram",
     "teacher_names",
 ]

@@ -72,14 +72,18 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
     step's list, so the ranks' batches are disjoint.
 
     **Steering** (:meth:`set_subset`, :meth:`set_weights`, :meth:`set_pacing`) is checked
-    at once and is *pending*: it takes effect when the next iteration begins
-    (``__iter__``), i.e. at the first step of the next epoch. Within an epoch only the
-    per-step ``fractions`` of pacing vary, and they are part of the state. A change thus
-    takes effect at a defined step, never "when the prefetched batches run out": with
-    ``num_workers > 0`` the loader draws indices ahead, and what it drew is what the
-    step trains on. Callbacks steer in ``on_train_epoch_start`` (Lightning calls it
-    before it iterates the train dataloader). Under DDP every rank must be steered the
-    same (callbacks compute updates from all-reduced statistics).
+    at once and is *pending*: it takes effect at the first step of the next iteration
+    (the next epoch), when that step is drawn. Within an epoch only the per-step
+    ``fractions`` of pacing vary, and they are part of the state. A change thus takes
+    effect at a defined step, never "when the prefetched batches run out": with
+    ``num_workers > 0`` the loader draws indices ahead, and what it drew is what the step
+    trains on. Callbacks steer in ``on_train_epoch_start``: Lightning calls it before the
+    epoch's first draw, except in the first epoch of a ``fit`` with ``num_workers > 0``,
+    whose iterator (and the workers' prefetching) Lightning starts before any training
+    hook; there, steering from ``on_train_epoch_start`` applies from the second epoch on
+    (with ``num_workers=0`` the first draw comes after the hook and epoch 0 is steered).
+    Under DDP every rank must be steered the same (callbacks compute updates from
+    all-reduced statistics).
 
     **DDP.** Create the sampler in ``train_dataloader``; under DDP Lightning re-creates it
     with a ``DistributedSampler`` as ``sampler``, from which it takes the epoch, the
@@ -277,6 +281,11 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     # ------------------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the epoch (and its steering) is taken at the first draw, not when the
+        # loader is iterated; Lightning creates the first epoch's iterator before any hook
+        yield from self._begin()
+
+    def _begin(self) -> Iterator[list[int]]:
         num_replicas, rank = self.world()
         self._check_world(num_replicas, rank)
         epoch = self.epoch

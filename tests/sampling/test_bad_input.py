@@ -329,7 +329,7 @@ def test_curriculum_fractions_for_another_world_are_refused_at_iteration():
     sampler.set_pacing(list(range(10)), [1.0, 1.0, 1.0])
     sampler._num_replicas = 2  # as if re-created for two ranks with the same steering
     with pytest.raises(ValueError, match=r"`fractions` holds 3 entries, but this epoch has 2"):
-        iter(sampler)
+        next(iter(sampler))  # checked at the first draw
 
 
 @pytest.mark.parametrize(
