@@ -155,6 +155,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         self._pending: Steering | None = None
         self._yielded = 0
         self._iter_epoch: int | None = None  # epoch whose iteration began last
+        self._started = False  # whether the current iteration has drawn its first step
         self._resume: tuple[int, int, bool] | None = None  # (epoch, steps to skip, started)
 
     # ------------------------------------------------------------------------ properties
@@ -281,8 +282,12 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     # ------------------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[list[int]]:
-        # a generator: the epoch (and its steering) is taken at the first draw, not when the
-        # loader is iterated; Lightning creates the first epoch's iterator before any hook
+        # the epoch (and its steering) is taken at the first draw, not when the loader is
+        # iterated: Lightning creates the first epoch's iterator before any hook
+        self._started = False
+        return self._lazy()
+
+    def _lazy(self) -> Iterator[list[int]]:
         yield from self._begin()
 
     def _begin(self) -> Iterator[list[int]]:
@@ -302,7 +307,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
                 f"`fractions` holds {fractions.numel()} entries, but this epoch has {len(self)} "
                 "steps (the number of ranks changed?); call `set_pacing` with one per step."
             )
-        self._iter_epoch = epoch
+        self._iter_epoch, self._started = epoch, True
         self._yielded = skip  # now, not at the first batch: a state saved before it is right
         return self._batches(_EpochDraw(self, epoch, num_replicas), skip, rank)
 
@@ -329,10 +334,16 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, steps yielded, whether the epoch began, active/pending steering, config."""
+        if not self._started and self._resume is not None:  # loaded, not drawn from yet
+            epoch, yielded, started = self._resume
+        else:
+            epoch = self.epoch
+            started = self._started and self._iter_epoch == epoch
+            yielded = self._yielded if started else 0
         return {
-            "epoch": self.epoch,
-            "yielded": self._yielded,
-            "started": self._iter_epoch == self.epoch,
+            "epoch": epoch,
+            "yielded": yielded,
+            "started": started,
             "steering": self._active.state_dict(),
             "pending": None if self._pending is None else self._pending.state_dict(),
             "config": self.config(),
