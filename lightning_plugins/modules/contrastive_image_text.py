@@ -101,6 +101,8 @@ class ContrastiveImageText(pl.LightningModule):
     - :meth:`per_sample_loss` -- the loss that is trained, ``[B]`` (add a term, reweight
       samples); callbacks (curriculum, Data Diet, data mixing) score with it too;
     - :meth:`loss_terms` -- the contrastive and distillation terms before they are added;
+    - :meth:`classification_logits` -- the in-batch image-to-text logit rows and their
+      targets, which Data Diet's EL2N scores and forgetting events read;
     - :meth:`encode_image` / :meth:`encode_text` -- the normalised embeddings (pooling,
       projection heads);
     - :meth:`no_weight_decay` -- which parameters get no weight decay;
@@ -112,11 +114,11 @@ class ContrastiveImageText(pl.LightningModule):
       :class:`~lightning_plugins.schedulers.WarmupCosineLR`) and was left without it gets
       ``trainer.estimated_stepping_batches``.
 
-    The class is longer than 300 lines: about 450 lines below this docstring, a third of
-    them method docstrings, hold the hooks Lightning needs in one class (model, loss and
-    its per-sample weights, optimizer and scheduler length, batch checks, per-dataloader
-    evaluation logging); the model building, the evaluation metrics and every formula
-    live elsewhere.
+    The class is longer than 300 lines: about 440 lines below this docstring, a third of
+    them method docstrings, hold the hooks Lightning needs in one class (model, loss,
+    optimizer groups, batch checks, per-dataloader evaluation logging); the model
+    building, the (weighted) reduction of per-sample losses, the scheduler set-up, the
+    evaluation metrics and every formula live elsewhere.
 
     Args:
         loss: contrastive loss with open_clip's call signature and ``reduction="none"``:

@@ -39,7 +39,8 @@ class ImageClassifier(pl.LightningModule):
     ``output_dim`` or ``embed_dim``, else from one forward of ``image_size`` images); see
     :func:`~lightning_plugins.modules.image_backbone.create_backbone`. Hyperparameters
     stay primitives: a module backbone is saved as ``backbone=None`` (pass it again to
-    ``load_from_checkpoint``).
+    ``load_from_checkpoint``). In LightningCLI YAML, ``backbone: small_convnet`` (or a timm
+    name, or a checkpoint path), or a module as ``{class_path: ..., init_args: {...}}``.
 
     Batches are dicts with ``image`` (float ``[B, C, H, W]``) and ``label`` (integer
     ``[B]`` in ``[0, num_classes)``); ``index`` and other keys are ignored. Training
@@ -54,7 +55,8 @@ class ImageClassifier(pl.LightningModule):
     top-5 accuracy ``val/acc_top5`` (with at least 5 classes) and, with at most 100
     classes, the accuracy of each class ``val/acc_class/<class index>`` (0 for a class
     that none of the data holds), from torchmetrics' ``MulticlassAccuracy`` (synchronised
-    over DDP ranks).
+    over DDP ranks), at the end of the epoch over all validation (test) dataloaders
+    together.
 
     Optimizer and scheduler follow ``ContrastiveImageText``'s conventions: the
     ``optimizer`` factory gets :meth:`parameter_groups` (norms and biases without weight
@@ -289,7 +291,9 @@ class ImageClassifier(pl.LightningModule):
             metric.reset()
 
     @override
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_step(batch, "val")
 
     @override
@@ -301,7 +305,7 @@ class ImageClassifier(pl.LightningModule):
         self.on_validation_epoch_start()
 
     @override
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
 
     @override

@@ -18,6 +18,7 @@ from lightning_plugins.models import SmallConvNet
 from lightning_plugins.modules import CLIP, ContrastiveImageText, ImageClassifier
 from lightning_plugins.schedulers import WarmupCosineLR
 from tests.helpers import run_ddp
+from tests.modules.test_contrastive_image_text import trainer as contrastive_trainer
 
 MICRO = "ViT-Micro-P8-32"
 NUM_CLASSES = 6
@@ -44,16 +45,7 @@ def quiet(module):
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return contrastive_trainer(**{"num_sanity_val_steps": 0, **kwargs})
 
 
 def loader(size: int = 16, batch_size: int = 4, seed: int = 1) -> DataLoader:
