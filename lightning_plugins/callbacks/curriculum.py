@@ -51,11 +51,14 @@ class Curriculum(Callback):
     (baby steps)) evaluated with ``start`` and ``total_steps``, or any callable
     ``step -> float``. The modes:
 
-    - ``"subset"``: train on the easiest ``c(t)`` share of the data. The callback hands the
-      ranking and the pacing value of every step of the coming epoch to the steerable
-      sampler at the start of each epoch (:func:`~lightning_plugins.sampling.find_steerable_sampler`),
-      so the pool grows step by step, identically on every rank and in a resumed run, with
-      any number of workers.
+    - ``"subset"``: train on the easiest ``c(t)`` share of the data. At the start of each
+      epoch the callback hands the ranking and the pacing value of every step of that
+      epoch to the steerable sampler
+      (:func:`~lightning_plugins.sampling.find_steerable_sampler`), so the pool grows step
+      by step, identically on every rank and in a resumed run. With ``num_workers > 0``
+      the first epoch of a ``fit`` is drawn before any hook runs and trains on all data
+      (see :class:`~lightning_plugins.sampling.CurriculumSampler`); use
+      ``num_workers=0`` when that epoch matters.
     - ``"weight"``: every sample is trained, with loss weight ``w = D + (1 - D) c(t)``
       where ``D`` in ``(0, 1]`` is its ease (1 for the easiest, ``1/N`` for the hardest);
       weights become uniform as ``c(t)`` reaches 1.
@@ -213,7 +216,9 @@ class Curriculum(Callback):
         pl_module.log_dict(logged, on_step=True, on_epoch=False, sync_dist=False, batch_size=size)
 
     # ------------------------------------------------------------ parts
-    def _steer(self, trainer: pl.Trainer, sampler: SteerableSampler, difficulty: torch.Tensor) -> None:
+    def _steer(
+        self, trainer: pl.Trainer, sampler: SteerableSampler, difficulty: torch.Tensor
+    ) -> None:
         """Hand the ranking and each step's pacing value of the coming epoch to the sampler."""
         accumulate = max(1, int(trainer.accumulate_grad_batches))
         first = trainer.global_step

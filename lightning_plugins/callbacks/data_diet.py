@@ -42,10 +42,10 @@ class DataDiet(Callback):
     Data Diet (Paul et al. 2021) and forgetting events (Toneva et al. 2019), online, on
     any number of ranks:
 
-    - ``"el2n"``: ``‖softmax(f(x)) − onehot(y)‖₂`` from the module's
+    - ``"el2n"``: ``‖softmax(f(x)) - onehot(y)‖₂`` from the module's
       ``classification_logits(batch)``; averaged over the scorings at the starts of the
       ``repeats`` epochs ending with ``score_epoch``;
-    - ``"grand"``: the per-sample gradient norm ``‖∇_w ℓ(x, y)‖₂`` of ``per_sample_loss``
+    - ``"grand"``: the per-sample gradient norm ``‖∇_w l(x, y)‖₂`` of ``per_sample_loss``
       over the trainable parameters (``torch.func``; not under sharded strategies),
       averaged the same way;
     - ``"forgetting"``: the times a sample went from correctly to wrongly classified
@@ -60,7 +60,7 @@ class DataDiet(Callback):
     logged (``data_diet/score_mean``, ``data_diet/kept_share``) and kept in
     :attr:`scores`. With ``prune > 0`` the sampler is steered from that epoch on to the
     samples with the highest scores: after skipping the ``offset`` share of the very
-    hardest (the paper's offset, against label noise), the next ``1 − prune`` share is
+    hardest (the paper's offset, against label noise), the next ``1 - prune`` share is
     kept. With ``prune = 0`` nothing is pruned: hand the callback to
     :class:`~lightning_plugins.callbacks.Curriculum` as its ``difficulty`` instead.
 
@@ -109,7 +109,9 @@ class DataDiet(Callback):
         seed: int = 0,
     ) -> None:
         self.score = check_choice(score, "score", DATA_DIET_SCORES)
-        self.score_epoch = check_int(score_epoch, "score_epoch", low=1 if score == "forgetting" else 0)
+        self.score_epoch = check_int(
+            score_epoch, "score_epoch", low=1 if score == "forgetting" else 0
+        )
         self.repeats = check_int(repeats, "repeats", low=1, high=self.score_epoch + 1)
         if score == "forgetting" and self.repeats != 1:
             raise ValueError(
@@ -181,12 +183,16 @@ class DataDiet(Callback):
             self._sum, self._count = torch.rand(num_samples, generator=generator).double(), 1
             return
         if self.score == "forgetting":
-            correct = training_set_pass(trainer, pl_module, lambda batch: _correct(pl_module, batch))
+            correct = training_set_pass(
+                trainer, pl_module, lambda batch: _correct(pl_module, batch)
+            )
             self._correct.append(correct.bool())
             return
         if self.score == "el2n":
             values = training_set_pass(
-                trainer, pl_module, lambda batch: el2n_scores(*pl_module.classification_logits(batch))
+                trainer,
+                pl_module,
+                lambda batch: el2n_scores(*pl_module.classification_logits(batch)),
             )
         else:
             values = training_set_pass(

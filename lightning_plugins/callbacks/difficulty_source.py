@@ -18,7 +18,7 @@ DIFFICULTY_FILE_SUFFIXES = (".npy", ".pt", ".csv")
 
 
 def read_difficulty_file(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Per-sample difficulty from a ``.npy``, ``.pt`` or ``.csv`` file, as float64 ``[N]``.
+    r"""Per-sample difficulty from a ``.npy``, ``.pt`` or ``.csv`` file, as float64 ``[N]``.
 
     A ``.pt`` file holds a tensor, or a dict with ``"scores"`` (what
     :class:`~lightning_plugins.callbacks.DataDiet` saves). A CSV file holds one number per
@@ -29,7 +29,7 @@ def read_difficulty_file(path: str | os.PathLike[str]) -> torch.Tensor:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     path = Path(folder) / "difficulty.csv"
-        ...     _ = path.write_text("index,difficulty\\n1,0.5\\n0,2.0\\n")
+        ...     _ = path.write_text("index,difficulty\n1,0.5\n0,2.0\n")
         ...     read_difficulty_file(path).tolist()
         [2.0, 0.5]
 

@@ -42,7 +42,11 @@ def plot_score_histogram(
         mask = kept.detach().bool().cpu().numpy()
         axes.hist(values[mask], bins=edges, color="tab:blue", label=f"kept ({int(mask.sum())})")
         axes.hist(
-            values[~mask], bins=edges, color="tab:red", alpha=0.6, label=f"pruned ({int((~mask).sum())})"
+            values[~mask],
+            bins=edges,
+            color="tab:red",
+            alpha=0.6,
+            label=f"pruned ({int((~mask).sum())})",
         )
         axes.legend()
     axes.set_xlabel("score")

@@ -56,10 +56,12 @@ def training_set_pass(
 
     The training set is that of the loader holding the steerable sampler (see
     :func:`steerable_train_loader`), read in order with its collate function and batch
-    size. Under DDP each rank reads every ``world_size``-th sample and the values are
-    all-gathered, so all ranks hold the same tensor. Each batch goes through the precision
-    plugin and ``strategy.batch_to_device``; the module is in eval mode and, unless
-    ``grad``, under ``torch.no_grad``, and back in its former mode afterwards. Batches
+    size. Under DDP each rank reads every ``world_size``-th sample (padded with the first
+    samples, as ``DistributedSampler`` pads, so all ranks run the same number of batches)
+    and the values are all-gathered, so all ranks hold the same tensor. Each batch goes
+    through the precision plugin and ``strategy.batch_to_device``; the module is in eval
+    mode and, unless ``grad``, under ``torch.no_grad``, and back in its former mode
+    afterwards. Batches
     must carry ``index`` (the dataset index, contract 1): row ``i`` of the result is the
     value of dataset sample ``i``.
 
@@ -75,7 +77,11 @@ def training_set_pass(
     num_samples = len(dataset)
     batch_size = getattr(find_steerable_sampler(loader), "batch_size", None) or 64
     world_size, rank = get_world_size(), get_rank()
-    order = list(range(rank, num_samples, world_size))
+    # every rank reads the same number of batches (the module may gather across ranks):
+    # the last samples are padded with the first ones, which are then scored twice
+    padded = -(-num_samples // world_size) * world_size
+    order = [i % num_samples for i in range(rank, padded, world_size)]
+    padding = torch.tensor([i >= num_samples for i in range(rank, padded, world_size)])
     pass_loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -111,6 +117,7 @@ def training_set_pass(
     device = pl_module.device
     local = torch.cat(values) if values else torch.zeros(0, device=device)
     local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    local, local_index = local[~padding.to(local.device)], local_index[~padding.to(local.device)]
     if world_size > 1:
         sizes = gather_sizes(local_index.numel(), device=local_index.device)
         local = all_gather(local.to(device).contiguous(), sizes)

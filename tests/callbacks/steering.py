@@ -66,9 +66,7 @@ class UserClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self.per_sample_loss(batch)
         weight = batch.get("weight")
-        self.seen.append(
-            (batch["index"].tolist(), None if weight is None else weight.tolist())
-        )
+        self.seen.append((batch["index"].tolist(), None if weight is None else weight.tolist()))
         if weight is None:
             return losses.mean()
         return (weight * losses).sum() / weight.sum()

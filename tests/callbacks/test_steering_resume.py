@@ -32,7 +32,12 @@ def callbacks(source, mode, root):
     return [diet, Curriculum(diet, mode=mode, start=0.3, total_steps=10, anneal_epochs=2)]
 
 
-def check_resume(tmp_path, make_callbacks, num_workers, checkpoints=("epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt")):
+def check_resume(
+    tmp_path,
+    make_callbacks,
+    num_workers,
+    checkpoints=("epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"),
+):
     full_root = tmp_path / "full"
     full_root.mkdir()
     full = fit(full_root, make_callbacks(full_root), 14, save_every=4, num_workers=num_workers)
