@@ -67,10 +67,11 @@ class Curriculum(Callback):
       ``m = anneal_epochs`` on.
 
     Weights go into ``batch["weight"]`` (multiplied with any weight already there); every
-    module of ours reduces ``per_sample_loss`` to the weighted mean. Logged each step:
-    ``curriculum/pacing``, ``curriculum/data_share`` (the share of the data in the pool,
-    or the mean weight), and, each epoch, ``curriculum/difficulty_mean`` and
-    ``curriculum/difficulty_std`` of the samples in use.
+    module of ours reduces ``per_sample_loss`` to the weighted mean. Logged at Lightning's
+    logging steps (every ``log_every_n_steps``): ``curriculum/pacing``,
+    ``curriculum/data_share`` (the share of the data in the pool, or the mean weight) and,
+    for ``"loss"``, ``curriculum/threshold``; each epoch, ``curriculum/difficulty_mean``
+    and ``curriculum/difficulty_std`` of the samples in use.
 
     The state (the difficulty and when it was scored) is saved in checkpoints; a run
     resumed mid-epoch continues with the same batches and weights.
@@ -131,6 +132,7 @@ class Curriculum(Callback):
         self.scored_epoch = -1
         self._pace: Callable[[int], float] | None = None
         self._ease: torch.Tensor | None = None
+        self._sorted: torch.Tensor | None = None  # the difficulties in order, for the threshold
 
     # ------------------------------------------------------------ policy
     def pace(self, step: int) -> float:
@@ -188,6 +190,7 @@ class Curriculum(Callback):
                 sampler.set_pacing(None, None)
             used = difficulty
         self._ease = None if self.mode == "subset" else ease_from_difficulty(difficulty)
+        self._sorted = None
         stats = {
             "curriculum/difficulty_mean": float(used.mean()),
             "curriculum/difficulty_std": float(used.std()) if used.numel() > 1 else 0.0,
@@ -199,20 +202,26 @@ class Curriculum(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         value = self.pace(trainer.global_step)
-        size = _batch_size(batch)
-        logged = {"curriculum/pacing": value}
         difficulty = self.difficulty
+        if difficulty is not None and self.mode != "subset":
+            weight = self._weights(batch, trainer.current_epoch, value)
+            current = batch.get("weight")
+            device_weight = weight.to(batch["index"].device, non_blocking=True)
+            batch["weight"] = device_weight if current is None else current * device_weight
+        # Lightning writes step metrics every `log_every_n_steps` (a log call costs ~0.5 ms)
+        if (trainer.global_step + 1) % trainer.log_every_n_steps:
+            return
+        logged = {"curriculum/pacing": value}
         if difficulty is not None and self.mode == "subset":
             count = max(1, math.ceil(value * len(difficulty)))
             logged["curriculum/data_share"] = count / len(difficulty)
             if self.kind == "loss":
-                order = difficulty_ranking(difficulty)
-                logged["curriculum/threshold"] = float(difficulty[order[count - 1]])
+                if self._sorted is None or len(self._sorted) != len(difficulty):
+                    self._sorted = difficulty.sort().values
+                logged["curriculum/threshold"] = float(self._sorted[count - 1])
         elif difficulty is not None:
-            weight = self._weights(batch, trainer.current_epoch, value)
-            current = batch.get("weight")
-            batch["weight"] = weight if current is None else current * weight
             logged["curriculum/data_share"] = float(weight.mean())
+        size = _batch_size(batch)
         pl_module.log_dict(logged, on_step=True, on_epoch=False, sync_dist=False, batch_size=size)
 
     # ------------------------------------------------------------ parts
@@ -263,8 +272,7 @@ class Curriculum(Callback):
                 f"{len(self._ease)} samples that `difficulty` scores."
             )
         progress = value if self.mode == "weight" else min(1.0, epoch / self.anneal_epochs)
-        weight = ease_weights(self._ease[index], progress)
-        return weight.to(device=batch["index"].device, dtype=torch.float32)
+        return ease_weights(self._ease[index], progress).to(torch.float32)
 
     def _check_length(self, difficulty: torch.Tensor, num_samples: int) -> None:
         if len(difficulty) != num_samples:
@@ -284,7 +292,7 @@ class Curriculum(Callback):
         difficulty = state_dict.get("difficulty")
         self.difficulty = None if difficulty is None else difficulty.to(torch.float64)
         self.scored_epoch = int(state_dict.get("scored_epoch", -1))
-        self._ease = None
+        self._ease = self._sorted = None
 
 
 def _field(batch: Mapping[str, Any], key: str) -> torch.Tensor:

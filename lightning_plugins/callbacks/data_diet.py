@@ -27,6 +27,7 @@ from lightning_plugins.functional.sample_scores import (
     el2n_scores,
     forgetting_events,
     grand_scores,
+    per_sample_grad_norms,
     prune_mask,
 )
 from lightning_plugins.sampling import find_steerable_sampler
@@ -34,6 +35,7 @@ from lightning_plugins.sampling import find_steerable_sampler
 __all__ = ["DATA_DIET_SCORES", "DataDiet"]
 
 DATA_DIET_SCORES = ("el2n", "grand", "forgetting", "random")
+GRAND_SAMPLES = ("independent", "in_batch")
 
 
 class DataDiet(Callback):
@@ -47,7 +49,10 @@ class DataDiet(Callback):
       ``repeats`` epochs ending with ``score_epoch``;
     - ``"grand"``: the per-sample gradient norm ``‖∇_w l(x, y)‖₂`` of ``per_sample_loss``
       over the trainable parameters (``torch.func``; not under sharded strategies),
-      averaged the same way;
+      averaged the same way. ``grand_samples="independent"`` (the paper's definition)
+      takes each sample on its own, in one vmapped pass per batch;
+      ``"in_batch"`` differentiates each sample's loss within its batch, for losses
+      whose samples interact (CLIP's in-batch softmax), at one backward pass per sample;
     - ``"forgetting"``: the times a sample went from correctly to wrongly classified
       between the passes at the starts of epochs ``1 .. score_epoch`` (one pass per
       epoch rather than each minibatch presentation); never-learned samples count as
@@ -80,6 +85,7 @@ class DataDiet(Callback):
         plot: also write the histogram.
         chunk_size: GraNd: per-sample gradients computed at once (memory), ``None`` for
             the whole batch.
+        grand_samples: GraNd: ``"independent"`` or ``"in_batch"`` (see above).
         seed: the seed of ``"random"``.
 
     Raises:
@@ -107,6 +113,7 @@ class DataDiet(Callback):
         plot: bool = True,
         chunk_size: int | None = None,
         seed: int = 0,
+        grand_samples: str = "independent",
     ) -> None:
         self.score = check_choice(score, "score", DATA_DIET_SCORES)
         self.score_epoch = check_int(
@@ -124,11 +131,13 @@ class DataDiet(Callback):
         self.plot = check_bool(plot, "plot")
         self.chunk_size = check_int(chunk_size, "chunk_size", low=1, optional=True)
         self.seed = check_int(seed, "seed")
+        self.grand_samples = check_choice(grand_samples, "grand_samples", GRAND_SAMPLES)
         self.scores: torch.Tensor | None = None
         self.kept: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._count = 0
         self._correct: list[torch.Tensor] = []
+        self._checked = False
 
     def scoring_epochs(self) -> list[int]:
         """The epochs at whose start a pass over the training set runs."""
@@ -195,6 +204,7 @@ class DataDiet(Callback):
                 lambda batch: el2n_scores(*pl_module.classification_logits(batch)),
             )
         else:
+            self._checked = False
             values = training_set_pass(
                 trainer, pl_module, lambda batch: self._grand(pl_module, batch), grad=True
             )
@@ -203,12 +213,23 @@ class DataDiet(Callback):
         self._count += 1
 
     def _grand(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
+        if not self._checked:  # once outside torch.func: modules check a stage's first batch
+            with torch.no_grad():
+                pl_module.per_sample_loss(batch)
+            self._checked = True
         wrapper = _PerSampleLossCall(pl_module)
         params = {
             f"module.{name}": param.detach()
             for name, param in pl_module.named_parameters()
             if param.requires_grad
         }
+        if self.grand_samples == "independent":
+            return per_sample_grad_norms(
+                lambda values, samples: functional_call(wrapper, values, (samples,)),
+                params,
+                batch,
+                chunk_size=self.chunk_size,
+            )
 
         def loss_fn(values: dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(wrapper, values, (batch,))

@@ -27,6 +27,7 @@ from lightning_plugins.functional.pacing import (
     root_pacing,
     step_pacing,
 )
+from lightning_plugins.functional.random_streams import keyed_generator
 from lightning_plugins.functional.retrieval import retrieval_recall
 from lightning_plugins.functional.sample_scores import (
     check_scores,
@@ -36,6 +37,7 @@ from lightning_plugins.functional.sample_scores import (
     el2n_scores,
     forgetting_events,
     grand_scores,
+    per_sample_grad_norms,
     prune_mask,
 )
 from lightning_plugins.functional.schedules import (
@@ -72,7 +74,9 @@ __all__ = [
     "geometric_pacing",
     "grand_scores",
     "image_text_distillation",
+    "keyed_generator",
     "linear_pacing",
+    "per_sample_grad_norms",
     "prune_mask",
     "resolve_pacing",
     "resolve_schedule",

@@ -8,7 +8,7 @@ ranking (:func:`difficulty_ranking`) and MacAvaney et al. (2020)'s annealed ease
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ __all__ = [
     "el2n_scores",
     "forgetting_events",
     "grand_scores",
+    "per_sample_grad_norms",
     "prune_mask",
 ]
 
@@ -213,6 +214,68 @@ def grand_scores(
 
     cotangents = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
     return torch.func.vmap(gradient_norm, chunk_size=chunk_size)(cotangents).detach()
+
+
+def per_sample_grad_norms(
+    loss_fn: Callable[[dict[str, torch.Tensor], dict[str, Any]], torch.Tensor],
+    params: dict[str, torch.Tensor],
+    batch: Mapping[str, Any],
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """GraNd of independent samples: ``‖∇ loss(x_i, y_i)‖₂`` with each sample on its own.
+
+    The per-sample gradients come from one :func:`torch.func.vmap` of
+    :func:`torch.func.grad` over the samples (the cost of about one batched backward pass),
+    each sample seen as a batch of one. ``loss_fn(params, batch)`` returns the ``[B]``
+    per-sample losses of a batch; it is called with batches of one sample. Tensors of
+    ``batch`` whose first dimension is the batch size are split into samples; everything
+    else is passed whole. Use :func:`grand_scores` when a sample's loss depends on the
+    other samples of its batch (an in-batch softmax). Put a model with batch norm in
+    ``eval()`` mode first; ``loss_fn`` must not sync with the host (no ``.item()``).
+
+    Args:
+        loss_fn: ``(params, batch) -> [B]`` per-sample losses.
+        params: the parameters to differentiate by name; they are detached.
+        batch: the samples, a dict whose tensors have the batch size as first dimension.
+        chunk_size: how many samples each vmapped pass handles, or ``None`` for all.
+
+    Returns:
+        ``[B]`` gradient norms, without gradient.
+
+    Raises:
+        ValueError: for a batch without tensors, or ``chunk_size < 1``.
+
+    Example:
+        >>> inputs = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+        >>> def loss_fn(params, batch):  # grad of (x·w)^2 / 2: (x·w) x
+        ...     return (batch["x"] @ params["weight"].T).squeeze(1) ** 2 / 2
+        >>> per_sample_grad_norms(loss_fn, {"weight": torch.tensor([[1.0, 2.0]])}, {"x": inputs})
+        tensor([ 1., 55.])
+    """
+    chunk_size = check_int(chunk_size, "chunk_size", low=1, optional=True)
+    tensors = [v for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim >= 1]
+    if not tensors:
+        raise ValueError(f"`batch` must hold tensors of samples, got keys {sorted(batch)}.")
+    size = tensors[0].shape[0]
+    split = {
+        k: v
+        for k, v in batch.items()
+        if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size
+    }
+    whole = {k: v for k, v in batch.items() if k not in split}
+    params = {key: value.detach() for key, value in params.items()}
+
+    def sample_loss(
+        values: dict[str, torch.Tensor], sample: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        one = {**whole, **{k: v.unsqueeze(0) for k, v in sample.items()}}
+        return loss_fn(values, one).reshape(())
+
+    gradients = torch.func.vmap(
+        torch.func.grad(sample_loss), in_dims=(None, 0), chunk_size=chunk_size
+    )(params, split)
+    squares = [g.pow(2).reshape(size, -1).sum(dim=1) for g in gradients.values()]
+    return torch.stack(squares).sum(dim=0).sqrt().detach()
 
 
 def forgetting_events(correct: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,7 @@ def test_logs_pacing_share_and_difficulty(tmp_path):
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=5,
+        log_every_n_steps=1,
         callbacks=[curriculum],
         logger=False,
         enable_checkpointing=False,

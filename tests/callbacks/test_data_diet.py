@@ -49,9 +49,12 @@ def test_el2n_averaged_over_repeats_equals_the_loop(tmp_path):
     torch.testing.assert_close(diet.scores, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_grand_equals_the_per_example_gradient_loop(tmp_path):
+@pytest.mark.parametrize("samples", ["independent", "in_batch"])
+def test_grand_equals_the_per_example_gradient_loop(tmp_path, samples):
     snapshots = Snapshots()
-    diet = DataDiet(score="grand", score_epoch=1, plot=False, save_dir=tmp_path)
+    diet = DataDiet(
+        score="grand", score_epoch=1, plot=False, save_dir=tmp_path, grand_samples=samples
+    )
     fit(tmp_path, [snapshots, diet], max_steps=7)
     expected = grand_loop(net_at(snapshots.weights[1]), Points())
     torch.testing.assert_close(diet.scores, expected, rtol=1e-4, atol=1e-6)

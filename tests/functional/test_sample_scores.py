@@ -18,6 +18,7 @@ from lightning_plugins.functional import (
     el2n_scores,
     forgetting_events,
     grand_scores,
+    per_sample_grad_norms,
     prune_mask,
 )
 
@@ -288,3 +289,28 @@ def test_check_scores_converts_and_passes_good_scores():
     half = torch.ones(3, dtype=torch.float16)
     assert check_scores(half, "scores", 3) is half
     assert check_scores(torch.tensor([0.0, 1.0]), "ease", low=0, high=1).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_per_sample_grad_norms_match_the_per_example_loop(chunk_size):
+    model = small_model()
+    inputs, targets = batch()
+    expected = grad_norm_loop(
+        model, lambda: F.cross_entropy(model(inputs), targets, reduction="none")
+    )
+
+    def loss_fn(params, samples):
+        logits = torch.func.functional_call(model, params, (samples["x"],))
+        return F.cross_entropy(logits, samples["y"], reduction="none")
+
+    params = dict(model.named_parameters())
+    scores = per_sample_grad_norms(
+        loss_fn, params, {"x": inputs, "y": targets, "note": "kept whole"}, chunk_size
+    )
+    torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-12)
+    assert not scores.requires_grad
+
+
+def test_per_sample_grad_norms_need_tensors():
+    with pytest.raises(ValueError, match="`batch` must hold tensors"):
+        per_sample_grad_norms(lambda p, b: p["w"], {"w": torch.ones(1)}, {"a": "b"})
