@@ -39,6 +39,12 @@ FENCE = re.compile(r"^```(?P<lang>[\w-]*)\s*$")
 # Names a block uses without defining them, as a reader would have them at hand. Keyed by
 # one line of the block (stripped); every prelude must match a block (checked below).
 PRELUDES: dict[str, str] = {
+    # A datamodule of one's own: any map-style dataset.
+    "sampler = CurriculumSampler(len(dataset), batch_size=64, seed=0)": """
+        import torch
+
+        dataset = [{"x": torch.randn(4), "index": torch.tensor(i)} for i in range(256)]
+    """,
     # ImageTextEvaluation: the class names, an encoder of prompts and one batch's features.
     "evaluation = ImageTextEvaluation()": """
         import torch
