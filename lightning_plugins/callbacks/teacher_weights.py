@@ -12,7 +12,6 @@ end of a run; :func:`export_teacher` writes it to a file. The command line has i
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -20,20 +19,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_plugins.callbacks.averaged_tensors import _clean_name
 from lightning_plugins.callbacks.ema_teacher import _is_ema_state, _name_in_state_key
-from lightning_plugins.functional._checks import check_checkpoint_file
+from lightning_plugins.functional._checks import load_checkpoint
 
 __all__ = ["export_teacher", "load_teacher_weights", "teacher_names"]
 
 
 def _load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
-    check_checkpoint_file(ckpt_path, "ckpt_path")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise ValueError(
-            f"`ckpt_path`={os.fspath(ckpt_path)!r} could not be loaded as a checkpoint "
-            f"(torch.load(weights_only=True) failed: {str(err).splitlines()[0]})."
-        ) from err
+    checkpoint = load_checkpoint(ckpt_path, "ckpt_path")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(
             f"`ckpt_path`={os.fspath(ckpt_path)!r} is no Lightning checkpoint: it holds no "

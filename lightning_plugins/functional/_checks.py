@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import pickle
 from collections.abc import Collection, Sized
 from typing import Any
 
@@ -444,6 +446,23 @@ def check_checkpoint_file(path: Any, name: str) -> None:
                 problem = "the zip archive holds no torch.save data (no data.pkl)"
     if problem:
         raise ValueError(f"`{name}`={path!r} is no readable checkpoint ({size} bytes): {problem}.")
+
+
+def load_checkpoint(path: Any, name: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, after :func:`check_checkpoint_file`.
+
+    Raises:
+        ValueError: for a missing, empty or corrupt file, or one that ``torch.load`` with
+            ``weights_only=True`` refuses (naming the argument, the file and the reason).
+    """
+    check_checkpoint_file(path, name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
+        raise ValueError(
+            f"`{name}`={os.fspath(path)!r} could not be loaded as a checkpoint "
+            f"(torch.load(weights_only=True) failed: {str(err).splitlines()[0]})."
+        ) from err
 
 
 def check_feature_dtypes(**features: torch.Tensor | None) -> None:

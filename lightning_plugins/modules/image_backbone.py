@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_plugins.functional._checks import check_checkpoint_file
+from lightning_plugins.functional._checks import load_checkpoint
 from lightning_plugins.models import (
     ImageTextTowers,
     SmallConvNet,
@@ -143,14 +142,7 @@ def image_tower_from_checkpoint(ckpt_path: str) -> nn.Module:
             no image-text module (no ``model_name``/``towers`` hyperparameters or no
             ``model.visual.*`` weights).
     """
-    check_checkpoint_file(ckpt_path, "backbone")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise ValueError(
-            f"`backbone`={ckpt_path!r} could not be loaded as a checkpoint "
-            f"(torch.load(weights_only=True) failed: {str(err).splitlines()[0]})."
-        ) from err
+    checkpoint = load_checkpoint(ckpt_path, "backbone")
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     prefix = "model.visual."
@@ -199,14 +191,7 @@ def _timm_backbone(name: str, in_channels: int) -> nn.Module:
 
 
 def _load_weights(model: nn.Module, path: str, backbone: str) -> None:
-    check_checkpoint_file(path, "backbone_weights")
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise ValueError(
-            f"`backbone_weights`={path!r} could not be read (torch.load(weights_only=True) "
-            f"failed: {str(err).splitlines()[0]})."
-        ) from err
+    state: Any = load_checkpoint(path, "backbone_weights")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
