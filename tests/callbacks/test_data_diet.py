@@ -113,3 +113,30 @@ def test_no_scores_when_the_run_ends_before_the_score_epoch(tmp_path):
     with pytest.warns(UserWarning, match="nothing was scored"):
         fit(tmp_path, [diet], max_steps=6)
     assert diet.scores is None
+
+
+def test_clip_scores_with_the_rows_of_its_in_batch_softmax(tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_plugins.datamodules import SyntheticShapes
+    from lightning_plugins.modules import CLIP
+
+    pl.seed_everything(0, verbose=False)
+    diet = DataDiet(score="el2n", score_epoch=0, prune=0.25, save_dir=tmp_path)
+    curriculum = Curriculum(diet, pacing="linear", start=0.5, total_steps=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        callbacks=[diet, curriculum],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = SyntheticShapes(batch_size=8, train_size=32, zero_shot_size=64, retrieval_size=8)
+    trainer.fit(CLIP(model_name="ViT-Micro-P8-32"), data)
+    assert diet.scores.shape == (32,) and bool(torch.isfinite(diet.scores).all())
+    assert bool(((diet.scores >= 0) & (diet.scores <= 2**0.5)).all())
+    assert int(diet.kept.sum()) == 24
