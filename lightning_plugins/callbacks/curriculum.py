@@ -15,13 +15,13 @@ from lightning_plugins.callbacks.difficulty_source import difficulty_source
 from lightning_plugins.callbacks.sample_protocols import PerSampleLoss, require_protocol
 from lightning_plugins.callbacks.training_set_pass import training_set_pass
 from lightning_plugins.functional._checks import check_choice, check_float, check_int
-from lightning_plugins.functional.pacing import PACINGS, resolve_pacing
-from lightning_plugins.functional.sample_scores import (
-    check_scores,
+from lightning_plugins.functional.difficulty import (
     difficulty_ranking,
     ease_from_difficulty,
     ease_weights,
 )
+from lightning_plugins.functional.pacing import PACINGS, resolve_pacing
+from lightning_plugins.functional.sample_scores import check_scores
 from lightning_plugins.sampling import SteerableSampler, find_steerable_sampler
 
 __all__ = ["CURRICULUM_MODES", "Curriculum"]

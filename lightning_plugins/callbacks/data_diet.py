@@ -22,13 +22,13 @@ from lightning_plugins.callbacks.sample_protocols import (
 from lightning_plugins.callbacks.score_histogram import plot_score_histogram
 from lightning_plugins.callbacks.training_set_pass import training_set_pass
 from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
+from lightning_plugins.functional.difficulty import prune_mask
 from lightning_plugins.functional.sample_scores import (
     check_scores,
     el2n_scores,
     forgetting_events,
     grand_scores,
     per_sample_grad_norms,
-    prune_mask,
 )
 from lightning_plugins.sampling import find_steerable_sampler
 

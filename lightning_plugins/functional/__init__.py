@@ -11,6 +11,12 @@ from lightning_plugins.functional.concept_statistics import (
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
+from lightning_plugins.functional.difficulty import (
+    difficulty_ranking,
+    ease_from_difficulty,
+    ease_weights,
+    prune_mask,
+)
 from lightning_plugins.functional.distillation import (
     distillation_rows,
     image_text_distillation,
@@ -31,14 +37,10 @@ from lightning_plugins.functional.random_streams import keyed_generator
 from lightning_plugins.functional.retrieval import retrieval_recall
 from lightning_plugins.functional.sample_scores import (
     check_scores,
-    difficulty_ranking,
-    ease_from_difficulty,
-    ease_weights,
     el2n_scores,
     forgetting_events,
     grand_scores,
     per_sample_grad_norms,
-    prune_mask,
 )
 from lightning_plugins.functional.schedules import (
     constant_schedule,
