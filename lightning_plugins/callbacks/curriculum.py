@@ -13,7 +13,10 @@ from typing_extensions import override
 
 from lightning_plugins.callbacks.difficulty_source import difficulty_source
 from lightning_plugins.callbacks.sample_protocols import PerSampleLoss, require_protocol
-from lightning_plugins.callbacks.training_set_pass import training_set_pass
+from lightning_plugins.callbacks.training_set_pass import (
+    training_set_pass,
+    warn_if_first_epoch_unsteered,
+)
 from lightning_plugins.functional._checks import check_choice, check_float, check_int
 from lightning_plugins.functional.difficulty import (
     difficulty_ranking,
@@ -167,6 +170,8 @@ class Curriculum(Callback):
             sampler = find_steerable_sampler(trainer.train_dataloader)
             if self.difficulty is not None:
                 self._check_length(self.difficulty, sampler.num_samples)
+        if self.mode == "subset":
+            warn_if_first_epoch_unsteered(trainer, "Curriculum(mode='subset')")
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

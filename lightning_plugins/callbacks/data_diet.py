@@ -20,7 +20,10 @@ from lightning_plugins.callbacks.sample_protocols import (
     require_protocol,
 )
 from lightning_plugins.callbacks.score_histogram import plot_score_histogram
-from lightning_plugins.callbacks.training_set_pass import training_set_pass
+from lightning_plugins.callbacks.training_set_pass import (
+    training_set_pass,
+    warn_if_first_epoch_unsteered,
+)
 from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
 from lightning_plugins.functional.difficulty import prune_mask
 from lightning_plugins.functional.sample_scores import (
@@ -165,6 +168,8 @@ class DataDiet(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         find_steerable_sampler(trainer.train_dataloader)  # a clear error before any pass
+        if self.score_epoch == 0 and self.prune > 0:
+            warn_if_first_epoch_unsteered(trainer, "DataDiet(score_epoch=0)")
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

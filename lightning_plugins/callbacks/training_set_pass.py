@@ -7,12 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_plugins.distributed import all_gather, gather_sizes, get_rank, get_world_size
 from lightning_plugins.sampling import find_steerable_sampler
 
-__all__ = ["steerable_train_loader", "training_set_pass"]
+__all__ = ["steerable_train_loader", "training_set_pass", "warn_if_first_epoch_unsteered"]
 
 
 def _loaders(obj: Any) -> Iterator[Any]:
@@ -43,6 +44,23 @@ def steerable_train_loader(trainer: pl.Trainer) -> DataLoader:
             continue
         return loader
     raise AssertionError("unreachable: find_steerable_sampler found a sampler")
+
+
+def warn_if_first_epoch_unsteered(trainer: pl.Trainer, what: str) -> None:
+    """Warn when ``what`` cannot steer the first epoch of this fit (workers prefetch it).
+
+    With ``num_workers > 0`` Lightning starts the first epoch's iterator, and with it the
+    workers' prefetching, before any training hook, so a change made in
+    ``on_train_epoch_start`` applies from the next epoch on.
+    """
+    if trainer.current_epoch == 0 and trainer.global_step == 0:
+        workers = getattr(steerable_train_loader(trainer), "num_workers", 0)
+        if workers:
+            rank_zero_warn(
+                f"{what} steers the sampler from epoch 1 on: with num_workers={workers} the "
+                "first epoch is drawn before any training hook runs. Use num_workers=0 to "
+                "steer epoch 0 as well."
+            )
 
 
 def training_set_pass(

@@ -145,3 +145,8 @@ def _drop_index(samples):
     batch = default_collate(samples)
     del batch["index"]
     return batch
+
+
+def test_a_first_epoch_drawn_by_workers_is_named(tmp_path):
+    with pytest.warns(UserWarning, match="steers the sampler from epoch 1 on: with num_workers=2"):
+        fit(tmp_path, [Curriculum(GOOD)], max_steps=1, num_workers=2)
