@@ -2,6 +2,7 @@
 
 from lightning_plugins.datamodules.digits import Digits
 from lightning_plugins.datamodules.image_text import ImageTextDataModule
+from lightning_plugins.datamodules.lego_skills import LegoDataset, LegoSkills
 from lightning_plugins.datamodules.synthetic_shapes import (
     ShapesClassification,
     ShapesPairs,
@@ -11,6 +12,8 @@ from lightning_plugins.datamodules.synthetic_shapes import (
 __all__ = [
     "Digits",
     "ImageTextDataModule",
+    "LegoDataset",
+    "LegoSkills",
     "ShapesClassification",
     "ShapesPairs",
     "SyntheticShapes",

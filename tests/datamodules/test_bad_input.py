@@ -490,3 +490,44 @@ def test_validating_from_a_checkpoint_of_other_settings_is_allowed():
 def test_digits_refuses(kwargs, error, message):
     with pytest.raises(error, match=message):
         Digits(**kwargs)
+
+
+# -------------------------------------------------------------------------- LegoSkills
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"num_variables": 1},
+            ValueError,
+            r"`num_variables` must be an integer in \[2, 26\], got 1",
+        ),
+        ({"num_variables": 27}, ValueError, r"`num_variables` must be an integer in \[2, 26\]"),
+        ({"num_variables": 5.0}, TypeError, r"`num_variables` must be an integer, got 5\.0"),
+        ({"train_size": 0}, ValueError, r"`train_size` must be a positive integer, got 0"),
+        ({"val_size": 0}, ValueError, r"`val_size` must be a positive integer, got 0"),
+        ({"val_size": "10"}, TypeError, r"`val_size` must be an integer, got '10'"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be a positive integer, got 0"),
+        ({"num_workers": -1}, ValueError, r"`num_workers` must be a non-negative integer"),
+        ({"seed": 0.5}, TypeError, r"`seed` must be an integer"),
+        ({"shuffle_clauses": "yes"}, TypeError, r"`shuffle_clauses` must be a bool"),
+    ],
+)
+def test_lego_skills_refuses(kwargs, error, message):
+    from lightning_plugins.datamodules import LegoSkills
+
+    with pytest.raises(error, match=message):
+        LegoSkills(**kwargs)
+
+
+def test_lego_skills_refuses_an_unknown_split_word_and_index():
+    from lightning_plugins.datamodules import LegoDataset, LegoSkills
+    from lightning_plugins.datamodules.lego_chains import encode
+
+    with pytest.raises(ValueError, match=r"`split` must be one of \('train', 'val'\), got 'test'"):
+        LegoSkills(train_size=2, val_size=1).skill_datasets("test")
+    with pytest.raises(ValueError, match=r"Words \['xor'\] are not in the LEGO vocabulary"):
+        encode("a = xor b")
+    with pytest.raises(ValueError, match=r"`skill` must be an integer in \[0, 4\], got 5"):
+        LegoDataset(5, 2, seed=0, stream=0, skill=5)
+    with pytest.raises(IndexError, match=r"index 10 out of range for 10 samples"):
+        LegoDataset(5, 2, seed=0, stream=0)[10]
