@@ -301,3 +301,140 @@ def test_image_classifier_bad_batches(batch, error, match):
     module.log = lambda *args, **kwargs: None
     with pytest.raises(error, match=match):
         module.training_step(batch, 0)
+
+
+# ---------------------------------------------------------------------------- CausalLM
+def tiny_causal_lm(**kwargs):
+    from lightning_plugins.modules import CausalLM
+
+    config = {"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2}
+    return CausalLM(**{"config": config, "vocab_size": 36, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"config": {"model_type": "gpt3"}},
+            ValueError,
+            r"`config\['model_type'\]` must be a transformers model type, got 'gpt3'; close "
+            r"matches: \[.*'gpt2'",
+        ),
+        (
+            {"config": "no_such_model"},
+            ValueError,
+            r"`config\['model_type'\]` must be .* got 'no_such_model'",
+        ),
+        (
+            {"config": {"model_type": "vit"}},
+            ValueError,
+            r"`config\['model_type'\]` 'vit' has no causal LM in transformers",
+        ),
+        ({"config": {"n_layer": 2}}, ValueError, r"`config` must have a `model_type` string"),
+        ({"config": 3}, TypeError, r"`config` must be a model type or a dict"),
+        ({"vocab_size": 0}, ValueError, r"`vocab_size` must be a positive integer, got 0"),
+        ({"vocab_size": 36.0}, TypeError, r"`vocab_size` must be an integer or None"),
+        (
+            {"checkpoint": "/no/such/folder"},
+            ValueError,
+            r"Give `config` \(a new model\) or `checkpoint` \(a saved one\), not both",
+        ),
+        (
+            {"config": None, "checkpoint": "/no/such/folder"},
+            ValueError,
+            r"`checkpoint` must be a local folder written by `save_pretrained` .*'/no/such/folder'",
+        ),
+        (
+            {"lr_scheduler_interval": "batch"},
+            ValueError,
+            r"`lr_scheduler_interval` must be one of \('step', 'epoch'\), got 'batch'",
+        ),
+    ],
+)
+def test_causal_lm_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tiny_causal_lm(**kwargs)
+
+
+def test_causal_lm_checkpoint_of_another_vocabulary(tmp_path):
+    tiny_causal_lm().model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"`vocab_size` must match the checkpoint's vocab.*36"):
+        tiny_causal_lm(config=None, checkpoint=str(tmp_path), vocab_size=40)
+
+
+def lm_batch(**change):
+    ids = torch.randint(3, 36, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, 3] = True
+    return {"input_ids": ids, "answer_mask": mask, **change}
+
+
+def no_answer_mask():
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 2] = True
+    return mask
+
+
+def last_answer_mask():
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, 5] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"),
+    [
+        (
+            lm_batch(answer_mask=no_answer_mask()),
+            ValueError,
+            r"no answer position in samples \[1\]",
+        ),
+        (lm_batch(answer_mask=last_answer_mask()), ValueError, r"True at the last position"),
+        (
+            lm_batch(input_ids=torch.full((2, 6), 40)),
+            ValueError,
+            r"`train batch\['input_ids'\]` holds token ids in \[40, 40\], outside the model's "
+            r"vocabulary \[0, 36\); build the model with the datamodule's `vocab_size`",
+        ),
+        (
+            lm_batch(input_ids=torch.zeros(2, 6)),
+            TypeError,
+            r"`train batch\['input_ids'\]` must be an integer",
+        ),
+        (lm_batch(input_ids=torch.zeros(6, dtype=torch.long)), ValueError, r"must be \[B, L\]"),
+        (
+            lm_batch(answer_mask=torch.zeros(2, 6, dtype=torch.long)),
+            TypeError,
+            r"`train batch\['answer_mask'\]` must be a bool tensor",
+        ),
+        (
+            lm_batch(attention_mask=torch.ones(2, 5, dtype=torch.long)),
+            ValueError,
+            r"`train batch\['attention_mask'\]` must have the shape of `input_ids` \(2, 6\)",
+        ),
+        ({"input_ids": torch.zeros(2, 6, dtype=torch.long)}, KeyError, r"needs `answer_mask`"),
+        ([torch.zeros(2, 6, dtype=torch.long)], TypeError, r"A train batch must be a dict"),
+    ],
+)
+def test_causal_lm_bad_batches(batch, error, match):
+    module = tiny_causal_lm()
+    module.log = lambda *args, **kwargs: None
+    with pytest.raises(error, match=match):
+        module.training_step(batch, 0)
+
+
+def test_causal_lm_classification_logits_need_one_answer_per_sample():
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, [2, 3]] = True
+    with pytest.raises(ValueError, match=r"exactly one answer position per sample.* 4 for 2"):
+        tiny_causal_lm().classification_logits(lm_batch(answer_mask=mask))
+
+
+def test_causal_lm_smaller_than_the_datamodules_vocabulary_fails_at_the_first_batch():
+    from lightning_plugins.datamodules import LegoSkills
+    from tests.modules.test_contrastive_image_text import trainer
+
+    dm = LegoSkills(batch_size=4, train_size=2, val_size=1)
+    module = tiny_causal_lm(vocab_size=20)  # letters from id 10 on: most are outside
+    with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, 20\)"):
+        trainer(max_steps=1, num_sanity_val_steps=0).fit(module, datamodule=dm)
