@@ -24,6 +24,11 @@ from lightning_plugins.functional.distillation import (
     soft_cross_entropy,
 )
 from lightning_plugins.functional.ema import ema_update_
+from lightning_plugins.functional.mixing import (
+    check_mixture_weights,
+    dga_weights,
+    skill_it_weights,
+)
 from lightning_plugins.functional.pacing import (
     PACINGS,
     check_pacing_value,
@@ -55,6 +60,7 @@ from lightning_plugins.functional.zero_shot import zero_shot_classifier
 __all__ = [
     "PACINGS",
     "cabs_select",
+    "check_mixture_weights",
     "check_pacing_value",
     "check_scores",
     "clip_loss",
@@ -65,6 +71,7 @@ __all__ = [
     "constant_schedule",
     "cosine_schedule",
     "cwcl_loss",
+    "dga_weights",
     "difficulty_ranking",
     "distillation_rows",
     "ease_from_difficulty",
@@ -87,6 +94,7 @@ __all__ = [
     "siglip_loss",
     "sigmoid_kl_rows",
     "sigmoid_row_loss",
+    "skill_it_weights",
     "soft_cross_entropy",
     "softmax_row_loss",
     "step_pacing",

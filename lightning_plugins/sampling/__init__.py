@@ -4,6 +4,7 @@ from lightning_plugins.sampling.concept_aware_batch_sampler import ConceptAwareB
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
 from lightning_plugins.sampling.curriculum_sampler import CurriculumSampler
 from lightning_plugins.sampling.epoch_position import EpochPosition
+from lightning_plugins.sampling.mixture_sampler import MixtureSampler, find_mixture_sampler
 from lightning_plugins.sampling.replica_world import ReplicaWorld
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 from lightning_plugins.sampling.steerable import SteerableSampler, find_steerable_sampler
@@ -14,9 +15,11 @@ __all__ = [
     "ConceptAwareStream",
     "CurriculumSampler",
     "EpochPosition",
+    "MixtureSampler",
     "ReplicaWorld",
     "ShuffleSampler",
     "SteerableSampler",
     "Steering",
+    "find_mixture_sampler",
     "find_steerable_sampler",
 ]

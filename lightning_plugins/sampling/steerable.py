@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["SteerableSampler", "find_steerable_sampler"]
+__all__ = ["SteerableSampler", "find_one_sampler", "find_steerable_sampler"]
 
 
 @runtime_checkable
@@ -61,41 +61,80 @@ def find_steerable_sampler(dataloader: Any) -> SteerableSampler:
         ...
         ValueError: No steerable sampler in the train dataloader: found DataLoader(batch_sampler=BatchSampler, sampler=RandomSampler). ...
     """  # noqa: E501
-    found: list[tuple[str, SteerableSampler]] = []
-    description = _search(dataloader, "dataloader", found, set())
+    return find_one_sampler(
+        dataloader,
+        lambda obj: isinstance(obj, SteerableSampler),
+        "steerable sampler",
+        "Build the training DataLoader with `batch_sampler=CurriculumSampler(len(dataset), "
+        "batch_size, seed=...)` from `lightning_plugins.sampling` (or another sampler "
+        "with `set_subset`, `set_weights`, `set_pacing` and `num_samples`).",
+    )
+
+
+def find_one_sampler(
+    dataloader: Any, is_match: Callable[[Any], bool], what: str, advice: str
+) -> Any:
+    """The one sampler under ``dataloader`` for which ``is_match`` holds (the shared search).
+
+    The search of :func:`find_steerable_sampler` (and ``find_mixture_sampler``): a
+    DataLoader's ``batch_sampler`` then its ``sampler``, the entries of lists, tuples and
+    dicts, and the ``.iterables`` of Lightning's ``CombinedLoader``, recursively.
+
+    Args:
+        dataloader: what to search (e.g. ``trainer.train_dataloader``).
+        is_match: whether an object is the sampler looked for.
+        what: its name in the messages (``"steerable sampler"``).
+        advice: how to add one, appended to the message when there is none.
+
+    Raises:
+        ValueError: when there is none (naming what was found, then ``advice``) or more
+            than one (naming where each is).
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> from lightning_plugins.sampling import ShuffleSampler
+        >>> sampler = ShuffleSampler(4)
+        >>> loader = DataLoader(range(4), sampler=sampler)
+        >>> is_shuffle = lambda obj: isinstance(obj, ShuffleSampler)
+        >>> find_one_sampler([loader], is_shuffle, "shuffle sampler", "") is sampler
+        True
+    """
+    found: list[tuple[str, Any]] = []
+    description = _search(dataloader, "dataloader", found, set(), is_match)
     if not found:
-        raise ValueError(
-            f"No steerable sampler in the train dataloader: found {description}. Build the "
-            "training DataLoader with `batch_sampler=CurriculumSampler(len(dataset), "
-            "batch_size, seed=...)` from `lightning_plugins.sampling` (or another sampler "
-            "with `set_subset`, `set_weights`, `set_pacing` and `num_samples`)."
-        )
+        raise ValueError(f"No {what} in the train dataloader: found {description}. {advice}")
     if len(found) > 1:
         where = ", ".join(f"{type(s).__name__} at {path}" for path, s in found)
         raise ValueError(
-            f"Found {len(found)} steerable samplers in the train dataloader ({where}); a "
-            "callback steers exactly one: give the other loaders a plain sampler."
+            f"Found {len(found)} {what}s in the train dataloader ({where}); a callback steers "
+            "exactly one: give the other loaders a plain sampler."
         )
     return found[0][1]
 
 
-def _search(obj: Any, path: str, found: list[tuple[str, Any]], seen: set[int]) -> str:
-    """Append the steerable samplers under ``obj`` to ``found``; describe what was there."""
+def _search(
+    obj: Any,
+    path: str,
+    found: list[tuple[str, Any]],
+    seen: set[int],
+    is_match: Callable[[Any], bool],
+) -> str:
+    """Append the matching samplers under ``obj`` to ``found``; describe what was there."""
     if id(obj) in seen:
         return "(seen)"
     seen.add(id(obj))
-    if isinstance(obj, SteerableSampler):
+    if is_match(obj):
         found.append((path, obj))
         return type(obj).__name__
     if hasattr(obj, "iterables"):
-        return f"{type(obj).__name__}({_search(obj.iterables, path, found, seen)})"
+        return f"{type(obj).__name__}({_search(obj.iterables, path, found, seen, is_match)})"
     if hasattr(obj, "batch_sampler") and hasattr(obj, "sampler"):  # a DataLoader
         parts = []
         for attribute in ("batch_sampler", "sampler"):
             inner = getattr(obj, attribute)
             if inner is None:
                 continue
-            if isinstance(inner, SteerableSampler):
+            if is_match(inner):
                 if id(inner) not in seen:
                     seen.add(id(inner))
                     found.append((f"{path}.{attribute}", inner))
@@ -104,9 +143,11 @@ def _search(obj: Any, path: str, found: list[tuple[str, Any]], seen: set[int]) -
             parts.append(f"{attribute}={type(inner).__name__}")
         return f"{type(obj).__name__}({', '.join(parts)})"
     if isinstance(obj, Mapping):
-        inner = [f"{k!r}: {_search(v, f'{path}[{k!r}]', found, seen)}" for k, v in obj.items()]
+        inner = [
+            f"{k!r}: {_search(v, f'{path}[{k!r}]', found, seen, is_match)}" for k, v in obj.items()
+        ]
         return "{" + ", ".join(inner) + "}"
     if isinstance(obj, list | tuple):
-        inner = [_search(v, f"{path}[{i}]", found, seen) for i, v in enumerate(obj)]
+        inner = [_search(v, f"{path}[{i}]", found, seen, is_match) for i, v in enumerate(obj)]
         return "[" + ", ".join(inner) + "]"
     return "None" if obj is None else type(obj).__name__
