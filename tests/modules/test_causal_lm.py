@@ -113,9 +113,9 @@ def test_short_fit_logs_per_skill_validation_metrics(dm, tmp_path):
     optimizer = functools.partial(torch.optim.AdamW, lr=3e-3)
     module = CausalLM(config=TINY, vocab_size=dm.vocab_size, optimizer=optimizer)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    fit = trainer(max_epochs=3, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    fit = trainer(max_epochs=2, num_sanity_val_steps=0, default_root_dir=tmp_path)
     fit.fit(module, datamodule=dm)
-    assert fit.global_step == 30  # 160 samples in batches of 16, 3 epochs
+    assert fit.global_step == 20  # 160 samples in batches of 16, 2 epochs
     metrics = fit.callback_metrics
     for key in ("loss", "answer_accuracy"):
         per_skill = [float(metrics[f"val/{key}/skill_{i}"]) for i in range(5)]
