@@ -684,3 +684,176 @@ BAD_SCORES = [
 def test_sample_scores_reject_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ------------------------------------------------------------------------ mixing (issue 14)
+def _skill_it(**kwargs):
+    from lightning_plugins.functional import skill_it_weights
+
+    settings = {
+        "prior": [1.0, 1.0, 1.0],
+        "graph": torch.eye(3),
+        "losses_window": torch.ones(2, 3),
+        "eta": 0.5,
+        **kwargs,
+    }
+    return skill_it_weights(**settings)
+
+
+def _dga(**kwargs):
+    from lightning_plugins.functional import dga_weights
+
+    settings = {
+        "alpha": [0.5, 0.5],
+        "domain_grads": torch.ones(2, 4),
+        "target_grad": torch.ones(4),
+        "eta": 1.0,
+        "beta": 0.5,
+        **kwargs,
+    }
+    return dga_weights(**settings)
+
+
+def _check_weights(weights, num_sources=3):
+    from lightning_plugins.functional import check_mixture_weights
+
+    return check_mixture_weights(weights, "weights", num_sources)
+
+
+BAD_MIXING = [
+    (
+        lambda: _check_weights([1.0, -0.5, 1.0]),
+        ValueError,
+        r"`weights` must be finite and non-negative, got -0\.5 at index 1",
+    ),
+    (lambda: _check_weights([1.0, math.nan, 1.0]), ValueError, r"`weights`.*nan at index 1"),
+    (lambda: _check_weights([1.0, math.inf, 1.0]), ValueError, r"`weights`.*inf at index 1"),
+    (
+        lambda: _check_weights([1.0, 1.0]),
+        ValueError,
+        r"`weights` must hold one weight per source \(3\), got 2",
+    ),
+    (
+        lambda: _check_weights([0, 0, 0]),
+        ValueError,
+        r"`weights` must not be all 0.*\[0\.0, 0\.0, 0\.0\]",
+    ),
+    (lambda: _check_weights([], None), ValueError, r"`weights` must hold at least one weight"),
+    (lambda: _check_weights(torch.ones(3, 1)), ValueError, r"`weights` must be 1-D.*\(3, 1\)"),
+    (lambda: _check_weights("abc"), TypeError, r"`weights` must be a tensor, array or list.*'abc'"),
+    (
+        lambda: _check_weights([1, 2 + 1j, 3]),
+        TypeError,
+        r"`weights` must hold real numbers.*complex",
+    ),
+    (
+        lambda: _skill_it(graph=torch.eye(2)),
+        ValueError,
+        r"`graph` must be a \[k, k\] = \[3, 3\].*\(2, 2\)",
+    ),
+    (lambda: _skill_it(graph=torch.ones(3)), ValueError, r"`graph` must be a \[k, k\].*\(3,\)"),
+    (
+        lambda: _skill_it(graph=-torch.eye(3)),
+        ValueError,
+        r"`graph` must be finite, >= 0, got -1\.0 at index \[0, 0\]",
+    ),
+    (lambda: _skill_it(graph=torch.eye(3) * math.nan), ValueError, r"`graph` must be finite.*nan"),
+    (lambda: _skill_it(graph=torch.eye(3) / 0), ValueError, r"`graph` must be finite.*inf"),
+    (lambda: _skill_it(graph="eye"), TypeError, r"`graph` must be a tensor.*'eye'"),
+    (
+        lambda: _skill_it(losses_window=torch.ones(3)),
+        ValueError,
+        r"`losses_window` must be \[w, k\] = \[w, 3\].*\(3,\)",
+    ),
+    (lambda: _skill_it(losses_window=torch.ones(2, 4)), ValueError, r"`losses_window`.*\(2, 4\)"),
+    (
+        lambda: _skill_it(losses_window=torch.ones(0, 3)),
+        ValueError,
+        r"`losses_window`.*w >= 1.*\(0, 3\)",
+    ),
+    (
+        lambda: _skill_it(losses_window=torch.full((2, 3), math.nan)),
+        ValueError,
+        r"`losses_window` must be finite, got nan",
+    ),
+    (lambda: _skill_it(eta=math.inf), ValueError, r"`eta` must be a finite number.*inf"),
+    (lambda: _skill_it(eta=math.nan), ValueError, r"`eta` must be a finite number.*nan"),
+    (lambda: _skill_it(eta="0.5"), TypeError, r"`eta` must be a number, got '0\.5'"),
+    (
+        lambda: _skill_it(prior=[1.0, -1.0, 1.0]),
+        ValueError,
+        r"`prior` must be finite and non-negative.*-1\.0",
+    ),
+    (lambda: _skill_it(prior=[0.0, 0.0, 0.0]), ValueError, r"`prior` must not be all 0"),
+    (
+        lambda: _skill_it(target=[3]),
+        ValueError,
+        r"`target\[0\]` must be an integer in \[0, 2\], got 3",
+    ),
+    (
+        lambda: _skill_it(target=[1, 1]),
+        ValueError,
+        r"`target` must not repeat a skill, got \[1, 1\]",
+    ),
+    (lambda: _skill_it(target=[]), ValueError, r"`target` must name at least one skill"),
+    (lambda: _skill_it(target=[0.5]), TypeError, r"`target\[0\]` must be an integer, got 0\.5"),
+    (
+        lambda: _skill_it(target=1),
+        TypeError,
+        r"`target` must be a sequence of skill indices.*1 \(int\)",
+    ),
+    (
+        lambda: _skill_it(losses_window=torch.full((2, 3), 1e308, dtype=torch.float64), eta=10.0),
+        ValueError,
+        r"overflows float64.*normalise the losses",
+    ),
+    (lambda: _dga(beta=1.5), ValueError, r"`beta` must be a finite number in \[0, 1\], got 1\.5"),
+    (lambda: _dga(beta=-0.1), ValueError, r"`beta` must be a finite number in \[0, 1\], got -0\.1"),
+    (lambda: _dga(eta=math.inf), ValueError, r"`eta` must be a finite number.*inf"),
+    (
+        lambda: _dga(alpha=[0.5, -0.5]),
+        ValueError,
+        r"`alpha` must be finite and non-negative.*-0\.5",
+    ),
+    (
+        lambda: _dga(domain_grads=torch.ones(3, 4)),
+        ValueError,
+        r"`domain_grads` must hold one gradient per domain \(2.*\(3, 4\)",
+    ),
+    (
+        lambda: _dga(domain_grads=[torch.ones(4)]),
+        ValueError,
+        r"`domain_grads` must hold one gradient per domain \(2.*got 1",
+    ),
+    (
+        lambda: _dga(domain_grads=[torch.ones(4), torch.ones(5)]),
+        ValueError,
+        r"same number of entries, got \[4, 5\]",
+    ),
+    (
+        lambda: _dga(domain_grads="g"),
+        TypeError,
+        r"`domain_grads` must be a \[k, P\] tensor or a list.*str",
+    ),
+    (
+        lambda: _dga(target_grad=torch.ones(5)),
+        ValueError,
+        r"`domain_grads` have 4 entries each but `target_grad` has 5",
+    ),
+    (
+        lambda: _dga(target_grad=torch.full((4,), math.nan)),
+        ValueError,
+        r"`target_grad` must be finite, got nan",
+    ),
+    (
+        lambda: _dga(domain_grads=torch.full((2, 4), math.inf)),
+        ValueError,
+        r"`domain_grads` must be finite, got inf at index \[0, 0\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_MIXING)
+def test_mixing_rejects_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -351,3 +351,106 @@ def test_curriculum_resume_with_another_configuration_is_refused(changed, messag
 def test_curriculum_refuses_a_state_of_another_sampler():
     with pytest.raises(ValueError, match=r"saved by 'ShuffleSampler'"):
         curriculum().load_state_dict(ShuffleSampler(10).state_dict())
+
+
+# -------------------------------------------------------------------------- MixtureSampler
+def mixture(**kwargs):
+    from lightning_plugins.sampling import MixtureSampler
+
+    return MixtureSampler(**{"source_sizes": [6, 4, 5], "batch_size": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: mixture(source_sizes=[]), ValueError, r"`source_sizes` must hold at least one"),
+        (
+            lambda: mixture(source_sizes=[6, 0, 5]),
+            ValueError,
+            r"`source_sizes\[1\]` is 0: source 1 is an empty source.*\[6, 0, 5\]",
+        ),
+        (lambda: mixture(source_sizes=[6, -1]), ValueError, r"`source_sizes\[1\]`.*got -1"),
+        (lambda: mixture(source_sizes=[6, 2.5]), TypeError, r"`source_sizes\[1\]` must be an int"),
+        (lambda: mixture(source_sizes=6), TypeError, r"`source_sizes` must be a sequence.*6"),
+        (lambda: mixture(source_sizes="65"), TypeError, r"`source_sizes` must be a sequence"),
+        (lambda: mixture(batch_size=0), ValueError, r"`batch_size` must be a positive.*0"),
+        (lambda: mixture(seed=0.5), TypeError, r"`seed` must be an integer, got 0\.5"),
+        (lambda: mixture(num_steps=0), ValueError, r"`num_steps` must be a positive.*0"),
+        (lambda: mixture(mode="uniform"), ValueError, r"`mode` must be one of \('dynamic', "),
+        (lambda: mixture(num_replicas=2, rank=2), ValueError, r"`rank` must be in"),
+        (lambda: mixture(weights=[1.0, -1.0, 1.0]), ValueError, r"`weights`.*-1\.0 at index 1"),
+        (lambda: mixture(weights=[1.0, NAN, 1.0]), ValueError, r"`weights`.*nan at index 1"),
+        (lambda: mixture(weights=[1.0, 1.0]), ValueError, r"`weights`.*per source \(3\), got 2"),
+        (lambda: mixture(weights=[0, 0, 0]), ValueError, r"`weights` must not be all 0"),
+        (
+            lambda: mixture(weights=[0, 0, 0], mode="static"),
+            ValueError,
+            r"`weights` must not be all 0",
+        ),
+        (lambda: mixture(weights="1,1,1"), TypeError, r"`weights` must be a tensor.*'1,1,1'"),
+    ],
+)
+def test_mixture_constructor_refuses(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "message"),
+    [
+        ([1.0, 1.0], ValueError, r"`weights` must hold one weight per source \(3\), got 2"),
+        ([1.0, NAN, 1.0], ValueError, r"`weights` must be finite and non-negative.*nan"),
+        ([INF, 1.0, 1.0], ValueError, r"`weights`.*inf at index 0"),
+        ([1.0, 1.0, -0.5], ValueError, r"`weights`.*-0\.5 at index 2"),
+        ([0.0, 0.0, 0.0], ValueError, r"`weights` must not be all 0.*\[0\.0, 0\.0, 0\.0\]"),
+        ([[1.0, 1.0, 1.0]], ValueError, r"`weights` must be 1-D.*\(1, 3\)"),
+        ([True, True, False], TypeError, r"`weights` must hold real numbers.*bool"),
+        (None, TypeError, r"`weights` must be a tensor.*None"),
+    ],
+)
+def test_mixture_set_weights_refuses(weights, error, message):
+    sampler = mixture()
+    with pytest.raises(error, match=message):
+        sampler.set_weights(weights)
+    assert sampler.pending_weights.tolist() == sampler.weights.tolist()  # unchanged
+
+
+@pytest.mark.parametrize("mode", ["static", "stratified"])
+def test_mixture_set_weights_needs_dynamic_mode(mode):
+    with pytest.raises(ValueError, match=rf"`set_weights` needs `mode`='dynamic'.*'{mode}'"):
+        mixture(mode=mode).set_weights([1, 1, 1])
+
+
+def test_mixture_source_of_refuses_an_index_outside():
+    with pytest.raises(ValueError, match=r"`index` must be an integer in \[0, 14\], got 15"):
+        mixture().source_of(15)
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"source_sizes": [6, 4, 6]}, r"source_sizes=\[6, 4, 5\].*source_sizes=\[6, 4, 6\]"),
+        ({"batch_size": 2}, r"batch_size=4.*batch_size=2"),
+        ({"seed": 1}, r"seed=0.*seed=1"),
+        ({"mode": "stratified"}, r"mode='dynamic'.*mode='stratified'"),
+        ({"num_steps": 7}, r"num_steps=None.*num_steps=7"),
+        ({"num_replicas": 2, "rank": 1}, r"num_replicas=1.*num_replicas=2"),
+    ],
+)
+def test_mixture_resume_with_another_configuration_is_refused(changed, message):
+    state = mixture().state_dict()
+    with pytest.raises(ValueError, match=message):
+        mixture(**changed).load_state_dict(state)
+
+
+def test_mixture_resume_with_other_static_weights_is_refused():
+    state = mixture(mode="static", weights=[1, 1, 2]).state_dict()
+    with pytest.raises(ValueError, match=r"static weights \[0\.25, 0\.25, 0\.5\]"):
+        mixture(mode="static", weights=[1, 1, 1]).load_state_dict(state)
+
+
+def test_mixture_refuses_a_state_of_another_sampler():
+    with pytest.raises(ValueError, match=r"saved by 'CurriculumSampler'"):
+        mixture().load_state_dict(curriculum().state_dict())
+    with pytest.raises(ValueError, match=r"Cannot resume MixtureSampler from the state None"):
+        mixture().load_state_dict(None)
