@@ -327,6 +327,22 @@ def test_find_mixture_sampler_uses_the_shared_search():
         find_mixture_sampler([loader, other])
 
 
+def test_lightning_re_creates_it_with_a_distributed_sampler():
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler
+
+    dataset = list(range(sum(SIZES)))
+    with _replace_dunder_methods(BatchSampler):  # as Lightning does around train_dataloader
+        loader = DataLoader(dataset, batch_sampler=build(seed=1, num_steps=6))
+    distributed = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=False)
+    sampler = _update_dataloader(loader, distributed).batch_sampler
+    assert isinstance(sampler, MixtureSampler) and sampler.sampler is distributed
+    assert sampler.world() == (2, 1) and torch.equal(sampler.weights, build().weights)
+    expected = reference_steps(SIZES, 5, 2, 6, 1, 0, WEIGHTS, "dynamic")
+    assert list(sampler) == [batches[1] for batches in expected]
+
+
 # ----------------------------------------------------------------------------------- DDP
 def _ddp_run(rank: int, world_size: int) -> dict:
     dataset = range(sum(SIZES))
