@@ -16,9 +16,9 @@ for ``--epochs`` epochs under Lightning's ``SimpleProfiler``:
 4. **self-paced**: ``Curriculum("loss")``: as 2, plus a loss pass over the training set
    at each epoch start (its cost is reported per epoch, apart).
 
-The steering cost per step is the profiler's mean ``train_dataloader_next`` (sampler draw,
-dataset reads, collation) minus the plain run's, plus the mean time of the callbacks'
-``on_train_batch_start`` hooks; it is shown as a share of the plain run's mean training
+The steering cost per step is the profiler's median ``train_dataloader_next`` (sampler draw,
+dataset reads, collation) minus the plain run's, plus the median time of the callbacks'
+``on_train_batch_start`` hooks; it is shown as a share of the plain run's median training
 step (``run_training_batch``). Target: at most 1 %. Epoch-start hooks (steering the
 sampler, scoring passes) are listed per epoch.
 
@@ -77,7 +77,7 @@ def profiled_fit(data: Digits, callbacks: list, epochs: int) -> dict[str, list[f
 
 def mean_ms(durations: dict[str, list[float]], suffix: str) -> float:
     values = [v for k, vs in durations.items() if k.endswith(suffix) for v in vs]
-    return 1000 * statistics.fmean(values) if values else 0.0
+    return 1000 * statistics.median(values) if values else 0.0
 
 
 def hook_ms(durations: dict[str, list[float]], hook: str) -> float:
@@ -89,7 +89,7 @@ def hook_ms(durations: dict[str, list[float]], hook: str) -> float:
             and key.endswith(hook)
             and ("Curriculum" in key or "DataDiet" in key)
         ):
-            total += 1000 * statistics.fmean(values)
+            total += 1000 * statistics.median(values)
     return total
 
 
@@ -133,7 +133,7 @@ def main() -> None:
         }
     plain = rows["plain"]
     print(
-        f"Per step ({epochs} epochs of 17 steps, means; plain training step "
+        f"Per step ({epochs} epochs of 17 steps, medians; plain training step "
         f"{plain['step_ms']:.2f} ms)"
     )
     header = ("setting", "next (ms)", "hooks (ms)", "overhead", "share", "epoch start (ms)")

@@ -365,6 +365,8 @@ class _EpochDraw:
             self.allowed_rank[steering.ranking] = torch.cumsum(ranked, 0)
             count = float(int(ranked.sum()))
             self.limits = torch.ceil(steering.fractions * count).long().clamp(min=1)
+        # without pacing the pool is the same at every step: walk the pass in order, O(B)
+        self.static = self.limits is None and int(self.allowed.sum()) >= self.global_size
         self.pass_index = -1
         self._new_pass()
 
@@ -377,12 +379,15 @@ class _EpochDraw:
             else:
                 generator = keyed_generator(_PASS_KEY, self.seed, self.epoch, self.pass_index)
             self.order = torch.randperm(self.num_samples, generator=generator)
-            return
-        generator = keyed_generator(_PASS_KEY, self.seed, self.epoch, self.pass_index)
-        exponential = torch.empty(self.num_samples, dtype=torch.float64)
-        exponential.exponential_(generator=generator)
-        keys = torch.where(self.weights > 0, exponential / self.weights, torch.inf)
-        self.order = torch.argsort(keys, stable=True)
+        else:
+            generator = keyed_generator(_PASS_KEY, self.seed, self.epoch, self.pass_index)
+            exponential = torch.empty(self.num_samples, dtype=torch.float64)
+            exponential.exponential_(generator=generator)
+            keys = torch.where(self.weights > 0, exponential / self.weights, torch.inf)
+            self.order = torch.argsort(keys, stable=True)
+        if self.static:  # the pool's samples in pass order, not yet drawn from `position` on
+            self.sequence = self.order[self.allowed[self.order]]
+            self.position = 0
 
     def pool(self, step: int) -> torch.Tensor:
         if self.limits is None:
@@ -391,6 +396,8 @@ class _EpochDraw:
 
     def step(self, step: int) -> torch.Tensor:
         """The global list of ``step``: ``global_size`` indices, smallest keys first."""
+        if self.static:
+            return self._static_step()
         pool = self.pool(step)
         in_step = torch.zeros(self.num_samples, dtype=torch.bool)
         chosen: list[torch.Tensor] = []
@@ -409,3 +416,24 @@ class _EpochDraw:
             chosen.append(picks)
             need -= picks.numel()
         return torch.cat(chosen)
+
+    def _static_step(self) -> torch.Tensor:
+        """:meth:`step` for a pool that does not change within the epoch, in O(batch).
+
+        The same rule: the next undrawn samples of the pass; when the pass runs out, the
+        rest from the next pass, skipping the samples this step already took (which stay
+        in the new pass, in their place, for later steps).
+        """
+        taken = self.sequence[self.position : self.position + self.global_size]
+        self.position += taken.numel()
+        need = self.global_size - taken.numel()
+        if not need:
+            return taken
+        self._new_pass()
+        in_step = torch.zeros(self.num_samples, dtype=torch.bool)
+        in_step[taken] = True
+        picks = self.sequence[~in_step[self.sequence]][:need]
+        picked = torch.zeros(self.num_samples, dtype=torch.bool)
+        picked[picks] = True
+        self.sequence = self.sequence[~picked[self.sequence]]
+        return torch.cat([taken, picks])
