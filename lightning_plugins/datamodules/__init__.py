@@ -3,6 +3,7 @@
 from lightning_plugins.datamodules.digits import Digits
 from lightning_plugins.datamodules.image_text import ImageTextDataModule
 from lightning_plugins.datamodules.lego_skills import LegoDataset, LegoSkills
+from lightning_plugins.datamodules.mixture import MixtureDataModule
 from lightning_plugins.datamodules.synthetic_shapes import (
     ShapesClassification,
     ShapesPairs,
@@ -14,6 +15,7 @@ __all__ = [
     "ImageTextDataModule",
     "LegoDataset",
     "LegoSkills",
+    "MixtureDataModule",
     "ShapesClassification",
     "ShapesPairs",
     "SyntheticShapes",
