@@ -531,3 +531,83 @@ def test_lego_skills_refuses_an_unknown_split_word_and_index():
         LegoDataset(5, 2, seed=0, stream=0, skill=5)
     with pytest.raises(IndexError, match=r"index 10 out of range for 10 samples"):
         LegoDataset(5, 2, seed=0, stream=0)[10]
+
+
+# --------------------------------------------------------------------- MixtureDataModule
+def _mixture_sources() -> dict:
+    return {"a": [{"x": 0}] * 3, "b": [{"x": 1}] * 2}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"weights": {"a": 1, "c": 2}},
+            ValueError,
+            r"`weights`.*unknown sources \['c'\].*\['a', 'b'\]",
+        ),
+        ({"weights": {"a": 1}}, ValueError, r"`weights`.*misses \['b'\]"),
+        ({"weights": [1, -1]}, ValueError, r"`weights` must be finite and non-negative"),
+        ({"weights": [1, float("nan")]}, ValueError, r"`weights`.*nan"),
+        ({"weights": [0, 0]}, ValueError, r"`weights`"),
+        ({"weights": [1, 2, 3]}, ValueError, r"`weights` must hold one weight per source \(2\)"),
+        ({"target": "c"}, ValueError, r"`target` 'c' is no source.*\['a', 'b'\]"),
+        ({"target": "a"}, ValueError, r"`target` 'a' names a source without held-out data"),
+        ({"target": []}, ValueError, r"`target` is empty"),
+        (
+            {"mode": "mixed"},
+            ValueError,
+            r"`mode` must be one of \('dynamic', 'static', 'stratified'\), got 'mixed'",
+        ),
+        ({"steps_per_epoch": 0}, ValueError, r"`steps_per_epoch`.*got 0"),
+        ({"batch_size": 1.5}, TypeError, r"`batch_size` must be an integer"),
+        ({"val_sources": {"c": [{"x": 0}]}}, ValueError, r"`val_sources`.*unknown source 'c'"),
+        ({"val_sources": {"a": []}}, ValueError, r"`val_sources\['a'\]` is empty"),
+    ],
+)
+def test_mixture_bad_arguments(kwargs, error, match):
+    from lightning_plugins.datamodules import MixtureDataModule
+
+    with pytest.raises(error, match=match):
+        MixtureDataModule(_mixture_sources(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("sources", "error", "match"),
+    [
+        ({"a": [{"x": 0}], "b": []}, ValueError, r"Source 'b' \(`sources\['b'\]`\) is empty"),
+        ({}, ValueError, r"`sources` must hold at least one source"),
+        (
+            {"a": 3},
+            TypeError,
+            r"`sources\['a'\]` must be a map-style Dataset or a LightningDataModule, got 3",
+        ),
+        ([[{"x": 0}]], TypeError, r"`sources` must be a mapping"),
+        (
+            Digits(batch_size=4),
+            TypeError,
+            r"`sources` must be a mapping.*Digits.*no `skill_datasets`",
+        ),
+    ],
+)
+def test_mixture_bad_sources(sources, error, match):
+    from lightning_plugins.datamodules import MixtureDataModule
+
+    with pytest.raises(error, match=match):
+        MixtureDataModule(sources)
+
+
+def test_mixture_source_with_samples_that_are_no_dicts():
+    from lightning_plugins.datamodules import MixtureDataModule
+
+    dm = MixtureDataModule({"good": [{"x": 0}] * 2, "tensors": [torch.zeros(2)] * 2}, batch_size=4)
+    with pytest.raises(TypeError, match=r"Source 'tensors' \(source 1\) returned a Tensor"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_mixture_source_samples_that_already_have_a_source_key():
+    from lightning_plugins.datamodules import MixtureDataModule
+
+    dm = MixtureDataModule({"a": [{"x": 0, "source": 3}]}, batch_size=1)
+    with pytest.raises(ValueError, match=r"Source 'a' .* key 'source'"):
+        next(iter(dm.train_dataloader()))
