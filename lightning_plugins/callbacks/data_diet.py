@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 from typing_extensions import override
 
+from lightning_plugins.callbacks.epoch_start import resumed_at_epoch_end
 from lightning_plugins.callbacks.sample_protocols import (
     ClassificationLogits,
     PerSampleLoss,
@@ -141,6 +142,7 @@ class DataDiet(Callback):
         self._count = 0
         self._correct: list[torch.Tensor] = []
         self._checked = False
+        self._handled_epoch: int | None = None  # the epoch whose start was handled
 
     def scoring_epochs(self) -> list[int]:
         """The epochs at whose start a pass over the training set runs."""
@@ -170,11 +172,16 @@ class DataDiet(Callback):
         find_steerable_sampler(trainer.train_dataloader)  # a clear error before any pass
         if self.score_epoch == 0 and self.prune > 0:
             warn_if_first_epoch_unsteered(trainer, "DataDiet(score_epoch=0)")
+        if resumed_at_epoch_end(trainer):  # Lightning skips on_train_epoch_start here
+            self.on_train_epoch_start(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = find_steerable_sampler(trainer.train_dataloader)
         epoch = trainer.current_epoch
+        if self._handled_epoch == epoch:
+            return
+        self._handled_epoch = epoch
+        sampler = find_steerable_sampler(trainer.train_dataloader)
         if self.scores is None and epoch in self.scoring_epochs():
             self._score(trainer, pl_module, sampler.num_samples)
             if epoch == self.score_epoch:

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DIFFICULTY_FILE_SUFFIXES", "difficulty_source", "read_difficulty_file"]
+__all__ = [
+    "DIFFICULTY_FILE_SUFFIXES",
+    "difficulty_source",
+    "read_difficulty_file",
+    "read_matrix_file",
+]
 
 DIFFICULTY_FILE_SUFFIXES = (".npy", ".pt", ".csv")
 
@@ -58,6 +63,39 @@ def read_difficulty_file(path: str | os.PathLike[str]) -> torch.Tensor:
     else:
         values = _read_csv(path)
     return _as_values(values, f"`difficulty` file {str(path)!r}")
+
+
+def read_matrix_file(path: str | os.PathLike[str], name: str) -> torch.Tensor:
+    """A matrix from a ``.npy``, ``.pt`` or ``.csv`` file, as float64.
+
+    A ``.pt`` file holds a tensor or a dict with ``"graph"``; a CSV file one row per line,
+    numbers separated by commas.
+
+    Raises:
+        ValueError: for a missing file, another suffix, or contents that are not numbers.
+    """
+    path = Path(path)
+    if path.suffix not in DIFFICULTY_FILE_SUFFIXES:
+        raise ValueError(
+            f"`{name}` file {str(path)!r} must end in one of {DIFFICULTY_FILE_SUFFIXES}."
+        )
+    if not path.is_file():
+        raise ValueError(f"`{name}` file {str(path)!r} does not exist.")
+    try:
+        if path.suffix == ".npy":
+            return torch.as_tensor(np.load(path, allow_pickle=False), dtype=torch.float64)
+        if path.suffix == ".pt":
+            values = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(values, dict):
+                values = values.get("graph")
+            return torch.as_tensor(values, dtype=torch.float64)
+        with path.open(newline="") as handle:
+            rows = [[float(cell) for cell in row] for row in csv.reader(handle) if row]
+        return torch.tensor(rows, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"`{name}` file {str(path)!r} holds no matrix of numbers: {error}"
+        ) from None
 
 
 def _read_csv(path: Path) -> list[float]:
