@@ -139,3 +139,81 @@ def test_mixing_resumes_exactly(tmp_path, kind, num_workers):
         )
         for key, value in full.state_dict().items():
             torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_estimated_graph_links_skills_that_share_labels(tmp_path):
+    from lightning_plugins.callbacks import estimate_skills_graph
+    from tests.callbacks.steering import UserClassifier
+
+    graph = estimate_skills_graph(
+        UserClassifier, UserMixture(), steps=6, path=tmp_path / "graph.pt", accelerator="cpu"
+    )
+    assert graph.shape == (3, 3) and bool((graph >= 0).all())
+    # a and b share their labelling, c flips it: training on a helps b, hurts c (clipped to 0)
+    assert float(graph[0, 0]) > 0 and float(graph[0, 1]) > 0 and float(graph[1, 0]) > 0
+    assert float(graph[0, 2]) == 0.0 and float(graph[2, 0]) == 0.0
+    assert torch.equal(SkillIt(graph=tmp_path / "graph.pt").graph, graph)
+
+
+def _ddp_mixing(rank, world_size, port, root, kind):
+    import os
+
+    import lightning.pytorch as pl
+
+    from tests.callbacks.steering import UserClassifier
+
+    os.environ.update(
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    pl.seed_everything(0, verbose=False)
+    if kind == "skill_it":
+        callback = SkillIt(
+            graph=GRAPH, eta=0.5, window=2, update_every=4, plot=False, save_dir=root
+        )
+    else:
+        callback = GradientAlignmentMixing(
+            eta=2.0, ema=0.5, update_every=4, plot=False, save_dir=root
+        )
+    module = UserClassifier()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world_size,
+        strategy="ddp",
+        max_steps=8,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(module, UserMixture())
+    return {"history": torch.stack(callback.history), "seen": module.seen}
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["skill_it", "dga"])
+def test_ranks_get_the_same_weights_as_one_process(tmp_path, kind):
+    from tests.helpers import free_port, run_ddp
+
+    a, b = run_ddp(_ddp_mixing, free_port(), str(tmp_path), kind)
+    assert torch.equal(a["history"], b["history"])
+    for (first, _), (second, _) in zip(a["seen"], b["seen"], strict=True):
+        assert len(first) == len(second) and not set(first) & set(second)
+    # held-out losses and gradients are shared between the ranks and all-reduced: the first
+    # update (same initial weights) equals that of one process on all held-out data
+    if kind == "skill_it":
+        single = SkillIt(
+            graph=GRAPH, eta=0.5, window=2, update_every=4, plot=False, save_dir=tmp_path
+        )
+    else:
+        single = GradientAlignmentMixing(
+            eta=2.0, ema=0.5, update_every=4, plot=False, save_dir=tmp_path
+        )
+    fit_mixture(tmp_path / "one", [single], max_steps=4)
+    torch.testing.assert_close(a["history"][0], single.history[0])
