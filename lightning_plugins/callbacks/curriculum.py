@@ -8,11 +8,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_plugins.callbacks.difficulty_source import difficulty_source
-from lightning_plugins.callbacks.epoch_start import resumed_at_epoch_end
+from lightning_plugins.callbacks.epoch_start import EpochStartSteering
 from lightning_plugins.callbacks.sample_protocols import PerSampleLoss, require_protocol
 from lightning_plugins.callbacks.training_set_pass import (
     training_set_pass,
@@ -33,7 +32,7 @@ __all__ = ["CURRICULUM_MODES", "Curriculum"]
 CURRICULUM_MODES = ("subset", "weight", "anneal")
 
 
-class Curriculum(Callback):
+class Curriculum(EpochStartSteering):
     """Easy samples first: a pacing function widens the data (or flattens weights) over time.
 
     Each sample has a *difficulty* (lower is easier), from
@@ -137,7 +136,6 @@ class Curriculum(Callback):
         self._pace: Callable[[int], float] | None = None
         self._ease: torch.Tensor | None = None
         self._sorted: torch.Tensor | None = None  # the difficulties in order, for the threshold
-        self._handled_epoch: int | None = None  # the epoch whose start was handled
 
     # ------------------------------------------------------------ policy
     def pace(self, step: int) -> float:
@@ -174,14 +172,10 @@ class Curriculum(Callback):
                 self._check_length(self.difficulty, sampler.num_samples)
         if self.mode == "subset":
             warn_if_first_epoch_unsteered(trainer, "Curriculum(mode='subset')")
-        if resumed_at_epoch_end(trainer):  # Lightning skips on_train_epoch_start here
-            self.on_train_epoch_start(trainer, pl_module)
+        super().on_train_start(trainer, pl_module)
 
     @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._handled_epoch == trainer.current_epoch:
-            return
-        self._handled_epoch = trainer.current_epoch
+    def steer_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = find_steerable_sampler(trainer.train_dataloader) if self.needs_sampler() else None
         self._update_difficulty(trainer, pl_module)
         difficulty = self.difficulty

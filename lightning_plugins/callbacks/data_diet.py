@@ -8,13 +8,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.func import functional_call
 from typing_extensions import override
 
-from lightning_plugins.callbacks.epoch_start import resumed_at_epoch_end
+from lightning_plugins.callbacks.epoch_start import EpochStartSteering
 from lightning_plugins.callbacks.sample_protocols import (
     ClassificationLogits,
     PerSampleLoss,
@@ -42,7 +41,7 @@ DATA_DIET_SCORES = ("el2n", "grand", "forgetting", "random")
 GRAND_SAMPLES = ("independent", "in_batch")
 
 
-class DataDiet(Callback):
+class DataDiet(EpochStartSteering):
     """Score each training sample early in training, then keep the most informative ones.
 
     Data Diet (Paul et al. 2021) and forgetting events (Toneva et al. 2019), online, on
@@ -142,7 +141,6 @@ class DataDiet(Callback):
         self._count = 0
         self._correct: list[torch.Tensor] = []
         self._checked = False
-        self._handled_epoch: int | None = None  # the epoch whose start was handled
 
     def scoring_epochs(self) -> list[int]:
         """The epochs at whose start a pass over the training set runs."""
@@ -172,15 +170,11 @@ class DataDiet(Callback):
         find_steerable_sampler(trainer.train_dataloader)  # a clear error before any pass
         if self.score_epoch == 0 and self.prune > 0:
             warn_if_first_epoch_unsteered(trainer, "DataDiet(score_epoch=0)")
-        if resumed_at_epoch_end(trainer):  # Lightning skips on_train_epoch_start here
-            self.on_train_epoch_start(trainer, pl_module)
+        super().on_train_start(trainer, pl_module)
 
     @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def steer_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self._handled_epoch == epoch:
-            return
-        self._handled_epoch = epoch
         sampler = find_steerable_sampler(trainer.train_dataloader)
         if self.scores is None and epoch in self.scoring_epochs():
             self._score(trainer, pl_module, sampler.num_samples)

@@ -10,11 +10,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_plugins.callbacks.epoch_start import resumed_at_epoch_end
+from lightning_plugins.callbacks.epoch_start import EpochStartSteering
 from lightning_plugins.callbacks.held_out import check_mixture_data
 from lightning_plugins.callbacks.mixture_weights_plot import plot_mixture_weights
 from lightning_plugins.callbacks.sample_protocols import PerSampleLoss, require_protocol
@@ -24,7 +23,7 @@ from lightning_plugins.sampling import MixtureSampler, find_mixture_sampler
 __all__ = ["OnlineMixing"]
 
 
-class OnlineMixing(Callback, ABC):
+class OnlineMixing(EpochStartSteering, ABC):
     """Steers a :class:`~lightning_plugins.sampling.MixtureSampler`'s weights while training.
 
     A subclass says how new weights are computed (:meth:`new_weights`); this class says
@@ -57,7 +56,6 @@ class OnlineMixing(Callback, ABC):
         self.steps: list[int] = []
         self.history: list[torch.Tensor] = []
         self.source_names: list[str] = []
-        self._handled_epoch: int | None = None  # the epoch whose start was handled
 
     # ------------------------------------------------------------ policy
     def should_update(self, trainer: pl.Trainer) -> bool:
@@ -98,14 +96,10 @@ class OnlineMixing(Callback, ABC):
         self.check_data(datamodule, sampler)
         if self.weights is None:
             self.weights = sampler.pending_weights.clone()
-        if resumed_at_epoch_end(trainer):  # Lightning skips on_train_epoch_start here
-            self.on_train_epoch_start(trainer, pl_module)
+        super().on_train_start(trainer, pl_module)
 
     @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._handled_epoch == trainer.current_epoch:
-            return
-        self._handled_epoch = trainer.current_epoch
+    def steer_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = find_mixture_sampler(trainer.train_dataloader)
         assert self.weights is not None
         if self.should_update(trainer):

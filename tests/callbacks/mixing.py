@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_plugins.datamodules.stateful_loader import stateful_loader
 from lightning_plugins.sampling import MixtureSampler
-from tests.callbacks.steering import UserClassifier
+from tests.callbacks.steering import fit
 
 NAMES, BATCH, STEPS = ("a", "b", "c"), 8, 4  # 4 steps an epoch
 
@@ -71,23 +70,7 @@ class UserMixture(pl.LightningDataModule):
 def fit_mixture(
     root, callbacks, max_steps, ckpt_path=None, save_every=None, num_workers=0, module=None
 ):
-    pl.seed_everything(0, verbose=False)
-    module = module or UserClassifier()
-    extra = (
-        [ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1)]
-        if save_every
-        else []
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        callbacks=[*callbacks, *extra],
-        enable_checkpointing=bool(save_every),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
+    """``steering.fit`` on a ``UserMixture``; returns the module and the datamodule."""
     data = UserMixture(num_workers)
-    trainer.fit(module, data, ckpt_path=ckpt_path)
+    module = fit(root, callbacks, max_steps, ckpt_path, save_every, num_workers, module, data)
     return module, data

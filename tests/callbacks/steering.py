@@ -83,8 +83,9 @@ def fit(
     save_every: int | None = None,
     num_workers: int = 0,
     module: pl.LightningModule | None = None,
+    data: pl.LightningDataModule | None = None,
 ) -> UserClassifier:
-    """Fit ``UserClassifier`` on ``PointsData``; save every ``save_every`` steps."""
+    """Fit ``UserClassifier`` on ``PointsData`` (or ``data``); save every ``save_every`` steps."""
     pl.seed_everything(0, verbose=False)
     module = module or UserClassifier()
     extra = (
@@ -102,7 +103,7 @@ def fit(
         enable_model_summary=False,
         default_root_dir=root,
     )
-    trainer.fit(module, PointsData(num_workers), ckpt_path=ckpt_path)
+    trainer.fit(module, data or PointsData(num_workers), ckpt_path=ckpt_path)
     return module
 
 
