@@ -12,7 +12,8 @@ with the same optimizer steps, data and initialisation:
   epoch starts) from the per-skill held-out losses. The skills graph is the LEGO chain,
   given rather than estimated: ``A = I + edges i -> i+1`` (``A[i, i] = A[i, i+1] = 1``:
   training on skill ``i`` helps skill ``i`` and the next one), so skill ``i``'s weight is
-  ``∝ exp(eta · (L_i + L_{i+1}))`` summed over the window.
+  ``∝ exp(eta · (L_i + L_{i+1}))`` summed over the window (the last skill has no
+  successor, so while all losses are alike it gets about e^(-eta·3·L) of the others).
 - **random**: ``mode="static"`` with weights proportional to the source sizes (every
   example equally likely; Skill-It's "random" baseline).
 - **stratified**: ``mode="stratified"`` (each skill an equal share of every batch).
