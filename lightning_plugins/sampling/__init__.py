@@ -8,6 +8,7 @@ from lightning_plugins.sampling.mixture_sampler import MixtureSampler, find_mixt
 from lightning_plugins.sampling.replica_world import ReplicaWorld
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 from lightning_plugins.sampling.steerable import SteerableSampler, find_steerable_sampler
+from lightning_plugins.sampling.steered_position import SteeredPosition
 from lightning_plugins.sampling.steering import Steering
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ReplicaWorld",
     "ShuffleSampler",
     "SteerableSampler",
+    "SteeredPosition",
     "Steering",
     "find_mixture_sampler",
     "find_steerable_sampler",

@@ -17,6 +17,7 @@ from lightning_plugins.functional._checks import (
 from lightning_plugins.functional.random_streams import keyed_generator
 from lightning_plugins.sampling.replica_world import ReplicaWorld
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
+from lightning_plugins.sampling.steered_position import SteeredPosition
 from lightning_plugins.sampling.steering import (
     Steering,
     checked_pacing,
@@ -131,10 +132,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         self._check_world(*self.world())
         self._active = Steering()
         self._pending: Steering | None = None
-        self._yielded = 0
-        self._iter_epoch: int | None = None  # epoch whose iteration began last
-        self._started = False  # whether the current iteration has drawn its first step
-        self._resume: tuple[int, int, bool] | None = None  # (epoch, steps to skip, started)
+        self._position = SteeredPosition()
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -253,7 +251,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         # the epoch (and its steering) is taken at the first draw, not when the loader is
         # iterated: Lightning creates the first epoch's iterator before any hook
-        self._started = False
+        self._position.restart()
         return self._lazy()
 
     def _lazy(self) -> Iterator[list[int]]:
@@ -263,21 +261,15 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         num_replicas, rank = self.world()
         self._check_world(num_replicas, rank)
         epoch = self.epoch
-        resume, self._resume = self._resume, None
-        skip = 0
-        if resume is not None and resume[0] == epoch:
-            skip = resume[1]
-        if resume is None or resume[0] != epoch or not resume[2]:
-            if self._pending is not None:  # a new iteration: the pending steering applies
-                self._active, self._pending = self._pending, None
+        skip, fresh = self._position.begin(epoch)
+        if fresh and self._pending is not None:  # a new iteration: the pending steering applies
+            self._active, self._pending = self._pending, None
         fractions = self._active.fractions
         if fractions is not None and fractions.numel() != len(self):
             raise ValueError(
                 f"`fractions` holds {fractions.numel()} entries, but this epoch has {len(self)} "
                 "steps (the number of ranks changed?); call `set_pacing` with one per step."
             )
-        self._iter_epoch, self._started = epoch, True
-        self._yielded = skip  # now, not at the first batch: a state saved before it is right
         return self._batches(_EpochDraw(self, epoch, num_replicas), skip, rank)
 
     def _batches(self, draw: _EpochDraw, skip: int, rank: int) -> Iterator[list[int]]:
@@ -286,7 +278,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         size = self._batch_size
         for step in range(skip, draw.num_steps):
             batch = draw.step(step)[rank * size : (rank + 1) * size].tolist()
-            self._yielded += 1
+            self._position.advance()
             yield batch
 
     # ---------------------------------------------------------------------------- resume
@@ -303,16 +295,8 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, steps yielded, whether the epoch began, active/pending steering, config."""
-        if not self._started and self._resume is not None:  # loaded, not drawn from yet
-            epoch, yielded, started = self._resume
-        else:
-            epoch = self.epoch
-            started = self._started and self._iter_epoch == epoch
-            yielded = self._yielded if started else 0
         return {
-            "epoch": epoch,
-            "yielded": yielded,
-            "started": started,
+            **self._position.state_dict(self.epoch),
             "steering": self._active.state_dict(),
             "pending": None if self._pending is None else self._pending.state_dict(),
             "config": self.config(),
@@ -330,9 +314,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         pending = state_dict.get("pending")
         self._pending = None if pending is None else self._checked_steering(pending)
         self._active = active
-        epoch = int(state_dict["epoch"])
-        self._resume = (epoch, int(state_dict["yielded"]), bool(state_dict.get("started", True)))
-        self.set_epoch(epoch)
+        self.set_epoch(self._position.load_state_dict(state_dict))
 
     def _checked_steering(self, saved: dict[str, Any] | None) -> Steering:
         """A saved steering, through the same checks as the setters."""

@@ -20,6 +20,7 @@ from lightning_plugins.functional.random_streams import keyed_generator
 from lightning_plugins.sampling.replica_world import ReplicaWorld
 from lightning_plugins.sampling.shuffle_sampler import ShuffleSampler
 from lightning_plugins.sampling.steerable import find_one_sampler
+from lightning_plugins.sampling.steered_position import SteeredPosition
 
 __all__ = ["MODES", "MixtureSampler", "find_mixture_sampler"]
 
@@ -167,10 +168,7 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
             self._initial = torch.full_like(self._initial, 1.0 / len(self._sizes))
         self._active = self._initial.clone()
         self._pending: torch.Tensor | None = None
-        self._yielded = 0
-        self._iter_epoch: int | None = None  # epoch whose iteration began last
-        self._started = False  # whether the current iteration has drawn its first step
-        self._resume: tuple[int, int, bool] | None = None  # (epoch, steps to skip, started)
+        self._position = SteeredPosition()
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -240,7 +238,7 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         # the epoch (and its weights) is taken at the first draw, not when the loader is
         # iterated: Lightning creates the first epoch's iterator before any hook
-        self._started = False
+        self._position.restart()
         return self._lazy()
 
     def _lazy(self) -> Iterator[list[int]]:
@@ -250,15 +248,9 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
         num_replicas, rank = self.world()
         self.check_rank(num_replicas, rank)
         epoch = self.epoch
-        resume, self._resume = self._resume, None
-        skip = 0
-        if resume is not None and resume[0] == epoch:
-            skip = resume[1]
-        if resume is None or resume[0] != epoch or not resume[2]:
-            if self._pending is not None:  # a new iteration: the pending weights apply
-                self._active, self._pending = self._pending, None
-        self._iter_epoch, self._started = epoch, True
-        self._yielded = skip  # now, not at the first batch: a state saved before it is right
+        skip, fresh = self._position.begin(epoch)
+        if fresh and self._pending is not None:  # a new iteration: the pending weights apply
+            self._active, self._pending = self._pending, None
         return self._batches(_EpochDraw(self, epoch, num_replicas), skip, rank)
 
     def _batches(self, draw: _EpochDraw, skip: int, rank: int) -> Iterator[list[int]]:
@@ -267,7 +259,7 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
         size = self._batch_size
         for step in range(skip, len(self)):
             batch = draw.step(step)[rank * size : (rank + 1) * size].tolist()
-            self._yielded += 1
+            self._position.advance()
             yield batch
 
     # ---------------------------------------------------------------------------- resume
@@ -285,16 +277,8 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, steps yielded, whether the epoch began, active/pending weights, config."""
-        if not self._started and self._resume is not None:  # loaded, not drawn from yet
-            epoch, yielded, started = self._resume
-        else:
-            epoch = self.epoch
-            started = self._started and self._iter_epoch == epoch
-            yielded = self._yielded if started else 0
         return {
-            "epoch": epoch,
-            "yielded": yielded,
-            "started": started,
+            **self._position.state_dict(self.epoch),
             "weights": self._active.clone(),
             "pending": None if self._pending is None else self._pending.clone(),
             "config": self.config(),
@@ -322,9 +306,7 @@ class MixtureSampler(ReplicaWorld, BatchSampler):
                 "with the same settings, or start the epoch afresh without this state."
             )
         self._active, self._pending = active, pending
-        epoch = int(state_dict["epoch"])
-        self._resume = (epoch, int(state_dict["yielded"]), bool(state_dict.get("started", True)))
-        self.set_epoch(epoch)
+        self.set_epoch(self._position.load_state_dict(state_dict))
 
 
 def find_mixture_sampler(dataloader: Any) -> MixtureSampler:
