@@ -1,12 +1,28 @@
 """Pure functions on tensors: every formula of the library, once."""
 
 from lightning_plugins.functional.cabs_select import cabs_select
+from lightning_plugins.functional.class_statistics import (
+    COVARIANCE_KINDS,
+    class_moments,
+    class_statistics,
+    normalized_logits,
+    sample_class_features,
+    shrink_old_means,
+    statistics_from_moments,
+)
 from lightning_plugins.functional.clip_loss import clip_loss
 from lightning_plugins.functional.concept_statistics import (
     concept_batch_statistics,
     concept_counts,
     concept_histogram,
     concept_histogram_statistics,
+)
+from lightning_plugins.functional.continual_metrics import (
+    average_accuracy,
+    average_incremental_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
 )
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
@@ -58,11 +74,17 @@ from lightning_plugins.functional.topk_correct import topk_correct
 from lightning_plugins.functional.zero_shot import zero_shot_classifier
 
 __all__ = [
+    "COVARIANCE_KINDS",
     "PACINGS",
+    "average_accuracy",
+    "average_incremental_accuracy",
+    "backward_transfer",
     "cabs_select",
     "check_mixture_weights",
     "check_pacing_value",
     "check_scores",
+    "class_moments",
+    "class_statistics",
     "clip_loss",
     "concept_batch_statistics",
     "concept_counts",
@@ -79,24 +101,30 @@ __all__ = [
     "el2n_scores",
     "ema_update_",
     "first_occurrence",
+    "forgetting",
     "forgetting_events",
+    "forward_transfer",
     "geometric_pacing",
     "grand_scores",
     "image_text_distillation",
     "keyed_generator",
     "linear_pacing",
+    "normalized_logits",
     "per_sample_grad_norms",
     "prune_mask",
     "resolve_pacing",
     "resolve_schedule",
     "retrieval_recall",
     "root_pacing",
+    "sample_class_features",
+    "shrink_old_means",
     "siglip_loss",
     "sigmoid_kl_rows",
     "sigmoid_row_loss",
     "skill_it_weights",
     "soft_cross_entropy",
     "softmax_row_loss",
+    "statistics_from_moments",
     "step_pacing",
     "topk_correct",
     "warmup_decay_schedule",

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from lightning_plugins.functional import (
     check_scores,
+    class_moments,
+    class_statistics,
     clip_loss,
     cwcl_loss,
     difficulty_ranking,
@@ -25,11 +27,15 @@ from lightning_plugins.functional import (
     forgetting_events,
     grand_scores,
     linear_pacing,
+    normalized_logits,
     prune_mask,
     resolve_pacing,
     retrieval_recall,
     root_pacing,
+    sample_class_features,
+    shrink_old_means,
     siglip_loss,
+    statistics_from_moments,
     step_pacing,
     topk_correct,
     zero_shot_classifier,
@@ -855,5 +861,171 @@ BAD_MIXING = [
 
 @pytest.mark.parametrize(("call", "error", "match"), BAD_MIXING)
 def test_mixing_rejects_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# --- class statistics and logit normalisation of SLCA (issue 15) ---
+
+_CS_X = torch.arange(24, dtype=torch.float32).reshape(6, 4).sin()
+_CS_Y = torch.tensor([3, 3, 5, 5, 5, 3])
+
+
+def _stats(**kwargs):
+    args = {"features": _CS_X, "labels": _CS_Y, "classes": [3, 5], "kind": "full"}
+    args.update(kwargs)
+    return class_statistics(**args)
+
+
+BAD_CLASS_STATISTICS = [
+    (lambda: _stats(kind="spherical"), ValueError, r"`kind` must be one of \('full', "),
+    (lambda: _stats(kind="lowrank"), ValueError, r"`rank` must be given with kind='lowrank'"),
+    (
+        lambda: _stats(kind="lowrank", rank=0),
+        ValueError,
+        r"`rank` must be an integer in \[1, 4\], got 0",
+    ),
+    (
+        lambda: _stats(kind="lowrank", rank=5),
+        ValueError,
+        r"`rank` must be an integer in \[1, 4\], got 5",
+    ),
+    (lambda: _stats(kind="lowrank", rank=2.0), TypeError, r"`rank` must be an integer"),
+    (
+        lambda: _stats(kind="full", rank=2),
+        ValueError,
+        r"`rank` is only used with kind='lowrank'; got rank=2 with kind='full'",
+    ),
+    (
+        lambda: _stats(kind="diagonal", rank=2),
+        ValueError,
+        r"`rank` is only used with kind='lowrank'",
+    ),
+    (
+        lambda: _stats(classes=[3, 4]),
+        ValueError,
+        r"`labels` holds class 5, which is not one of `classes` \[3, 4\]",
+    ),
+    (lambda: _stats(classes=[3, 5, 3]), ValueError, r"`classes` must hold distinct class ids"),
+    (lambda: _stats(classes=[]), ValueError, r"`classes` must hold at least one class id"),
+    (
+        lambda: _stats(classes="35"),
+        TypeError,
+        r"`classes` must be a 1-D integer tensor or a sequence",
+    ),
+    (
+        lambda: _stats(classes=[3, 5, 7]),
+        ValueError,
+        r"class 7 has 0 sample\(s\); its covariance needs at least 2",
+    ),
+    (
+        lambda: _stats(labels=torch.tensor([3, 5, 5, 5, 5, 5])),
+        ValueError,
+        r"class 3 has 1 sample\(s\); its covariance needs at least 2",
+    ),
+    (
+        lambda: _stats(kind="diagonal", labels=torch.tensor([3, 5, 5, 5, 5, 5])),
+        ValueError,
+        r"class 3 has 1 sample",
+    ),
+    (
+        lambda: _stats(labels=_CS_Y.float()),
+        TypeError,
+        r"`labels` must be an integer \[N\] tensor, got torch.float32",
+    ),
+    (
+        lambda: _stats(labels=_CS_Y[:5]),
+        ValueError,
+        r"`labels` must be \[N\] with one label per row of `features` \(6\)",
+    ),
+    (
+        lambda: _stats(features=_CS_X.long()),
+        TypeError,
+        r"`features` must be a floating \[N, d\] tensor",
+    ),
+    (lambda: _stats(features=_CS_X[None]), ValueError, r"`features` must be 2-D \[N, d\]"),
+    (
+        lambda: _stats(eps=-1.0),
+        ValueError,
+        r"`eps` must be a finite number in \[0, inf\), got -1.0",
+    ),
+    (lambda: class_moments(_CS_X, _CS_Y, [3, 5], kind="low"), ValueError, r"`kind` must be one of"),
+    (
+        lambda: statistics_from_moments(class_moments(_CS_X, _CS_Y, [3, 5]), [3], "full"),
+        ValueError,
+        r"`classes` must hold one id per row of the moments \(2\), got 1",
+    ),
+    (
+        lambda: sample_class_features(_stats(), 0),
+        ValueError,
+        r"`num_per_class` must be a positive integer, got 0",
+    ),
+    (
+        lambda: sample_class_features({"classes": torch.tensor([1]), "mean": torch.zeros(1, 2)}, 2),
+        ValueError,
+        r"`statistics` must hold 'covariance', 'variance' or 'factor'",
+    ),
+    (
+        lambda: sample_class_features(
+            {
+                "classes": torch.tensor([1]),
+                "mean": torch.zeros(1, 2),
+                "covariance": -torch.eye(2)[None],
+            },
+            2,
+        ),
+        ValueError,
+        r"the covariance of class 1 is not positive definite",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(2, 3), [1, 2], temperature=0.0),
+        ValueError,
+        r"`temperature` must be a finite number in \(0, inf\), got 0.0",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(2, 3), [1, 2], temperature=-0.1),
+        ValueError,
+        r"`temperature` must be a finite number in \(0, inf\)",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(2, 3), [1, 1]),
+        ValueError,
+        r"`task_sizes` \[1, 1\] must sum to the number of logits \(3\), got 2",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(2, 3), [0, 3]),
+        ValueError,
+        r"`task_sizes\[0\]` must be a positive integer, got 0",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(2, 3), []),
+        ValueError,
+        r"`task_sizes` must hold at least one task",
+    ),
+    (
+        lambda: normalized_logits(torch.ones(3), [3]),
+        ValueError,
+        r"`logits` must be a 2-D \[batch, classes\] tensor, got \(3,\)",
+    ),
+    (
+        lambda: shrink_old_means(torch.ones(2, 2), [0, 2], current_task=1),
+        ValueError,
+        r"`class_tasks` must lie in \[0, current_task=1\]",
+    ),
+    (
+        lambda: shrink_old_means(torch.ones(2, 2), [0], current_task=1),
+        ValueError,
+        r"`class_tasks` must hold one integer task index per class \(2\)",
+    ),
+    (
+        lambda: shrink_old_means(torch.ones(2, 2), [0, 1], current_task=1, shrink=1.5),
+        ValueError,
+        r"`shrink` must be a finite number in \[0, 1\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_CLASS_STATISTICS)
+def test_class_statistics_reject_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
