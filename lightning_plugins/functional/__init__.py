@@ -17,13 +17,6 @@ from lightning_plugins.functional.concept_statistics import (
     concept_histogram,
     concept_histogram_statistics,
 )
-from lightning_plugins.functional.continual_metrics import (
-    average_accuracy,
-    average_incremental_accuracy,
-    backward_transfer,
-    forgetting,
-    forward_transfer,
-)
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
@@ -76,9 +69,6 @@ from lightning_plugins.functional.zero_shot import zero_shot_classifier
 __all__ = [
     "COVARIANCE_KINDS",
     "PACINGS",
-    "average_accuracy",
-    "average_incremental_accuracy",
-    "backward_transfer",
     "cabs_select",
     "check_mixture_weights",
     "check_pacing_value",
@@ -101,9 +91,7 @@ __all__ = [
     "el2n_scores",
     "ema_update_",
     "first_occurrence",
-    "forgetting",
     "forgetting_events",
-    "forward_transfer",
     "geometric_pacing",
     "grand_scores",
     "image_text_distillation",
@@ -114,13 +102,13 @@ __all__ = [
     "prune_mask",
     "resolve_pacing",
     "resolve_schedule",
+    "sample_class_features",
     "retrieval_recall",
     "root_pacing",
-    "sample_class_features",
-    "shrink_old_means",
     "siglip_loss",
     "sigmoid_kl_rows",
     "sigmoid_row_loss",
+    "shrink_old_means",
     "skill_it_weights",
     "soft_cross_entropy",
     "softmax_row_loss",
