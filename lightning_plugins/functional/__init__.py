@@ -17,6 +17,13 @@ from lightning_plugins.functional.concept_statistics import (
     concept_histogram,
     concept_histogram_statistics,
 )
+from lightning_plugins.functional.continual_metrics import (
+    average_accuracy,
+    average_incremental_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+)
 from lightning_plugins.functional.contrastive_rows import sigmoid_row_loss, softmax_row_loss
 from lightning_plugins.functional.cwcl_loss import cwcl_loss
 from lightning_plugins.functional.deduplicate import first_occurrence
@@ -69,6 +76,9 @@ from lightning_plugins.functional.zero_shot import zero_shot_classifier
 __all__ = [
     "COVARIANCE_KINDS",
     "PACINGS",
+    "average_accuracy",
+    "average_incremental_accuracy",
+    "backward_transfer",
     "cabs_select",
     "check_mixture_weights",
     "check_pacing_value",
@@ -91,7 +101,9 @@ __all__ = [
     "el2n_scores",
     "ema_update_",
     "first_occurrence",
+    "forgetting",
     "forgetting_events",
+    "forward_transfer",
     "geometric_pacing",
     "grand_scores",
     "image_text_distillation",

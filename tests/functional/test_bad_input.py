@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_plugins.functional import (
+    average_accuracy,
+    average_incremental_accuracy,
+    backward_transfer,
     check_scores,
     class_moments,
     class_statistics,
@@ -24,7 +27,9 @@ from lightning_plugins.functional import (
     ease_from_difficulty,
     ease_weights,
     el2n_scores,
+    forgetting,
     forgetting_events,
+    forward_transfer,
     grand_scores,
     linear_pacing,
     normalized_logits,
@@ -1027,5 +1032,80 @@ BAD_CLASS_STATISTICS = [
 
 @pytest.mark.parametrize(("call", "error", "match"), BAD_CLASS_STATISTICS)
 def test_class_statistics_reject_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---------------------------------------------------------------- continual metrics (issue 15)
+
+_R = torch.tensor([[0.9, math.nan], [0.6, 0.8]])
+
+BAD_CONTINUAL = [
+    (
+        lambda: average_accuracy([[0.9]]),
+        TypeError,
+        r"`accuracy_matrix` must be a \[T, T\] float tensor, got list",
+    ),
+    (
+        lambda: forgetting(torch.ones(2, 2, dtype=torch.long)),
+        TypeError,
+        r"`accuracy_matrix` must be a floating-point tensor, got dtype torch.int64",
+    ),
+    (
+        lambda: backward_transfer(torch.ones(2, 3)),
+        ValueError,
+        r"`accuracy_matrix` must be a square \[T, T\] tensor .*got shape \(2, 3\)",
+    ),
+    (
+        lambda: average_incremental_accuracy(torch.ones(0, 0)),
+        ValueError,
+        r"`accuracy_matrix` must be a square \[T, T\] tensor with T >= 1",
+    ),
+    (
+        lambda: forgetting(torch.ones(1, 1)),
+        ValueError,
+        r"forgetting needs at least 2 tasks \(rows of `accuracy_matrix`\), got shape \(1, 1\)",
+    ),
+    (
+        lambda: average_accuracy(_R, step=2),
+        ValueError,
+        r"`step` must be an integer in \[0, 1\], got 2",
+    ),
+    (lambda: average_accuracy(_R, step=0.5), TypeError, r"`step` must be an integer"),
+    (
+        lambda: average_accuracy(torch.tensor([[0.9, 0.1], [math.nan, 0.8]])),
+        ValueError,
+        r"`accuracy_matrix`\[1, 0\] is not measured \(NaN\), got nan",
+    ),
+    (
+        lambda: backward_transfer(torch.tensor([[math.inf, 0.1], [0.5, 0.8]])),
+        ValueError,
+        r"`accuracy_matrix`\[0, 0\] is not finite, got inf",
+    ),
+    (
+        lambda: forward_transfer(_R, torch.zeros(2)),
+        ValueError,
+        r"`accuracy_matrix`\[0, 1\] is not measured \(NaN\)",
+    ),
+    (
+        lambda: forward_transfer(torch.ones(2, 2), torch.zeros(3)),
+        ValueError,
+        r"`baseline` must have shape \(2,\), one accuracy per task .*got \(3,\)",
+    ),
+    (
+        lambda: forward_transfer(torch.ones(2, 2), [0.0, 0.1]),
+        TypeError,
+        r"`baseline` must be a \[T\] floating-point tensor .*got list",
+    ),
+    (
+        lambda: forward_transfer(torch.ones(2, 2), torch.tensor([0.0, math.nan])),
+        ValueError,
+        r"`baseline`\[1\] is not measured \(NaN\), got nan",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_CONTINUAL)
+def test_continual_metrics_reject_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_plugins.metrics import (
+    ContinualAccuracy,
     ImageTextEvaluation,
     ImageTextRetrieval,
     ZeroShotAccuracy,
@@ -244,3 +245,93 @@ def test_ddp_non_finite_on_one_rank_is_nan_on_every_rank():
     for result in results:
         assert set(result) == {"top1", "i2t_R@1", "t2i_R@1"}
         assert all(math.isnan(float(value)) for value in result.values()), result
+
+
+# ---------------------------------------------------------------- ContinualAccuracy (issue 15)
+
+BAD_CONTINUAL_ARGUMENTS = [
+    ({"num_tasks": 0}, ValueError, r"`num_tasks` must be a positive integer, got 0"),
+    ({"num_tasks": 2.0}, TypeError, r"`num_tasks` must be an integer, got 2.0 \(float\)"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_CONTINUAL_ARGUMENTS)
+def test_continual_accuracy_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ContinualAccuracy(**kwargs)
+
+
+def _continual_update(**overrides):
+    args = {
+        "preds": torch.tensor([0, 1, 2]),
+        "target": torch.tensor([0, 1, 1]),
+        "task": torch.tensor([0, 0, 1]),
+    }
+    args.update(overrides)
+    ContinualAccuracy(num_tasks=2).update(**args)
+
+
+BAD_CONTINUAL_UPDATES = [
+    (
+        {"task": torch.tensor([0, 2, 1])},
+        ValueError,
+        r"`task` must hold task ids in \[0, 2\) \(num_tasks=2\), got 2",
+    ),
+    ({"task": 5}, ValueError, r"`task` must be an integer in \[0, 1\], got 5"),
+    ({"task": "0"}, TypeError, r"`task` must be an integer, got '0' \(str\)"),
+    ({"task": torch.tensor([0.0, 0.0, 1.0])}, TypeError, r"`task` must hold integer task ids"),
+    (
+        {"task": torch.tensor([0, 1])},
+        ValueError,
+        r"`task` must be an int or have the shape of `target` \(3,\), got \(2,\)",
+    ),
+    (
+        {"training_task": 2},
+        ValueError,
+        r"`training_task` must be an integer in \[-1, 1\], got 2",
+    ),
+    (
+        {"preds": torch.tensor([0.0, 1.0, 2.0])},
+        TypeError,
+        r"`preds` of shape \[B\] must hold integer class ids, got dtype torch.float32",
+    ),
+    (
+        {"preds": torch.zeros(3, 2, 2)},
+        ValueError,
+        r"`preds` must be \[B\] class ids or \[B, C\] logits, got \(3, 2, 2\)",
+    ),
+    (
+        {"preds": torch.tensor([0, 1])},
+        ValueError,
+        r"`preds` and `target` must hold the same number of samples",
+    ),
+    (
+        {"target": torch.tensor([0.0, 1.0, 1.0])},
+        TypeError,
+        r"`target` must hold integer class ids, got dtype torch.float32",
+    ),
+    (
+        {"preds": torch.eye(3), "target": torch.tensor([0, 1, 3])},
+        ValueError,
+        r"`target` must hold class ids in \[0, 3\).*got 3",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error", "match"), BAD_CONTINUAL_UPDATES)
+def test_continual_accuracy_rejects_bad_updates(overrides, error, match):
+    with pytest.raises(error, match=match):
+        _continual_update(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda m: m.set_training_task(-2), ValueError, r"`training_task` must be an integer in"),
+        (lambda m: m.reset_row(3), ValueError, r"`training_task` must be an integer in"),
+        (lambda m: m.save(3), TypeError, r"`folder` must be a path, got 3 \(int\)"),
+    ],
+)
+def test_continual_accuracy_rejects_bad_calls(call, error, match):
+    with pytest.raises(error, match=match):
+        call(ContinualAccuracy(num_tasks=3))
