@@ -46,6 +46,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.profilers import SimpleProfiler
+from profiled import median_ms
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from lightning_plugins.callbacks import GradientAlignmentMixing, SkillIt
@@ -95,11 +96,6 @@ def profiled_fit(data: MixtureDataModule, callbacks: list, steps: int) -> dict[s
     )
     trainer.fit(module, data)
     return dict(profiler.recorded_durations)
-
-
-def median_ms(durations: dict[str, list[float]], suffix: str) -> float:
-    values = [v for k, vs in durations.items() if k.endswith(suffix) for v in vs]
-    return 1000 * statistics.median(values) if values else 0.0
 
 
 def callback_ms(durations: dict[str, list[float]], name: str) -> dict[str, list[float]]:

@@ -39,6 +39,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.profilers import SimpleProfiler
+from profiled import median_ms
 from torch.utils.data import DataLoader
 
 from lightning_plugins.callbacks import Curriculum, DataDiet
@@ -75,13 +76,8 @@ def profiled_fit(data: Digits, callbacks: list, epochs: int) -> dict[str, list[f
     return dict(profiler.recorded_durations)
 
 
-def mean_ms(durations: dict[str, list[float]], suffix: str) -> float:
-    values = [v for k, vs in durations.items() if k.endswith(suffix) for v in vs]
-    return 1000 * statistics.median(values) if values else 0.0
-
-
 def hook_ms(durations: dict[str, list[float]], hook: str) -> float:
-    """Mean per-call time of our callbacks' ``hook``, summed over the callbacks."""
+    """Median per-call time of our callbacks' ``hook``, summed over the callbacks."""
     total = 0.0
     for key, values in durations.items():
         if (
@@ -126,8 +122,8 @@ def main() -> None:
     for name, (datamodule, callbacks) in settings.items():
         durations = profiled_fit(datamodule, callbacks, epochs)
         rows[name] = {
-            "next_ms": mean_ms(durations, "train_dataloader_next"),
-            "step_ms": mean_ms(durations, "run_training_batch"),
+            "next_ms": median_ms(durations, "train_dataloader_next"),
+            "step_ms": median_ms(durations, "run_training_batch"),
             "batch_hook_ms": hook_ms(durations, "on_train_batch_start"),
             "epoch_hook_ms": hook_ms(durations, "on_train_epoch_start"),
         }
