@@ -35,8 +35,8 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     Every step yields exactly ``batch_size`` indices per rank; ``len`` is
     ``ceil(num_samples / (batch_size * num_replicas))`` steps (``floor`` with ``drop_last``),
-    the same on every rank. Unsteered on one process the batches are
-    :class:`ShuffleSampler`'s order of ``(seed, epoch)`` cut into batches.
+    or exactly ``num_steps`` when given, the same on every rank. Unsteered on one process
+    the batches are :class:`ShuffleSampler`'s order of ``(seed, epoch)`` cut into batches.
 
     **Selection.** An epoch is drawn in *passes*. A pass gives every sample a key: uniform,
     a random permutation (the first pass of an epoch uses ``torch.randperm`` seeded with
@@ -72,7 +72,8 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
 
     **Resume.** ``state_dict()`` holds the epoch, the steps yielded in it, whether its
     iteration had begun, the active and the pending steering, and ``"config"``
-    (``kind``, ``num_samples``, ``batch_size``, ``num_replicas``, ``seed``, ``drop_last``),
+    (``kind``, ``num_samples``, ``batch_size``, ``num_replicas``, ``seed``, ``drop_last``,
+    ``num_steps``),
     checked on load (a ``ValueError`` names each difference). torchdata's
     ``StatefulDataLoader`` stores it in checkpoints (with workers, as of the step it
     snapshots); the resumed iteration replays the selection of the steps already
@@ -88,12 +89,17 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         sampler: set by Lightning under DDP; supplies epoch, replicas and rank only.
         num_replicas: number of ranks, overriding ``sampler`` and ``torch.distributed``.
         rank: this rank, in ``[0, num_replicas)``.
+        num_steps: exactly this many steps per epoch (``None``: one pass, as above). The
+            steps follow the same rule: when a pass runs out, the next pass continues it,
+            so fewer steps than a pass see a part of the data and more see some samples
+            again; every step is full, so ``drop_last`` has no effect.
 
     Raises:
-        TypeError: for a ``num_samples``, ``batch_size``, ``seed``, ``num_replicas`` or
-            ``rank`` that is not an integer, or a ``drop_last`` that is not a bool.
-        ValueError: for non-positive sizes, an inconsistent ``rank``, or no step at all
-            (``drop_last`` with fewer samples than one step of all ranks).
+        TypeError: for a ``num_samples``, ``batch_size``, ``seed``, ``num_steps``,
+            ``num_replicas`` or ``rank`` that is not an integer, or a ``drop_last`` that is
+            not a bool.
+        ValueError: for non-positive sizes or ``num_steps``, an inconsistent ``rank``, or
+            no step at all (``drop_last`` with fewer samples than one step of all ranks).
 
     Example:
         >>> sampler = CurriculumSampler(10, batch_size=4, seed=0)
@@ -110,6 +116,8 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         >>> resumed.load_state_dict(sampler.state_dict())
         >>> seen + list(resumed) == list(sampler)
         True
+        >>> [len(batch) for batch in CurriculumSampler(10, batch_size=4, num_steps=5)]
+        [4, 4, 4, 4, 4]
     """
 
     def __init__(
@@ -121,11 +129,13 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         sampler: Sampler[int] | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
+        num_steps: int | None = None,
     ) -> None:
         self._num_samples = check_int(num_samples, "num_samples", low=1)
         self._batch_size = check_int(batch_size, "batch_size", low=1)
         self.seed = check_int(seed, "seed")
         self.drop_last = check_bool(drop_last, "drop_last")
+        self.num_steps = check_int(num_steps, "num_steps", low=1, optional=True)
         self._num_replicas = check_int(num_replicas, "num_replicas", low=1, optional=True)
         self._rank = check_int(rank, "rank", low=0, optional=True)
         self.sampler = sampler if sampler is not None else ShuffleSampler(num_samples, seed)
@@ -160,6 +170,8 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
         return self._num_steps(num_replicas)
 
     def _num_steps(self, num_replicas: int) -> int:
+        if self.num_steps is not None:
+            return self.num_steps
         step = self._batch_size * num_replicas
         if self.drop_last:
             return self._num_samples // step
@@ -291,6 +303,7 @@ class CurriculumSampler(ReplicaWorld, BatchSampler):
             "num_replicas": self.world()[0],
             "seed": self.seed,
             "drop_last": self.drop_last,
+            "num_steps": self.num_steps,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -219,6 +219,7 @@ def test_state_holds_primitives_and_tensors_only():
         "num_replicas": 1,
         "seed": 0,
         "drop_last": False,
+        "num_steps": None,
     }
     tensors = [v for v in state["pending"].values()]
     assert all(isinstance(v, torch.Tensor) for v in tensors)
@@ -300,3 +301,30 @@ def test_two_process_ddp():
         assert len(a) == len(b) == 4 and a + b == expected[step]
         if results[0]["pool"][step] >= 8:  # a pool smaller than a step must repeat
             assert not set(a) & set(b)
+
+
+# ------------------------------------------------------------------------------ num_steps
+@pytest.mark.parametrize(("num_steps", "num_replicas"), [(2, 1), (7, 1), (5, 2)])
+def test_num_steps_gives_exactly_that_many_steps_of_the_same_rule(num_steps, num_replicas):
+    """Fewer steps: a prefix of the passes; more: passes continue (the reference's wrapping)."""
+    size, batch_size, seed, epoch = 11, 3, 5, 1
+    ranks = [
+        CurriculumSampler(
+            size, batch_size, seed, num_replicas=num_replicas, rank=r, num_steps=num_steps
+        )
+        for r in range(num_replicas)
+    ]
+    for sampler in ranks:
+        sampler.set_epoch(epoch)
+    per_rank = [list(sampler) for sampler in ranks]
+    expected = reference_steps(size, batch_size * num_replicas, num_steps, seed, epoch, {})
+    assert all(len(sampler) == num_steps for sampler in ranks)
+    assert [[i for batches in per_rank for i in batches[s]] for s in range(num_steps)] == expected
+    assert ranks[0].config()["num_steps"] == num_steps
+    resumed = CurriculumSampler(
+        size, batch_size, seed, num_replicas=num_replicas, rank=0, num_steps=num_steps + 1
+    )
+    with pytest.raises(ValueError, match="num_steps"):
+        resumed.load_state_dict(ranks[0].state_dict())
+    with pytest.raises(ValueError, match="num_steps"):
+        CurriculumSampler(size, batch_size, num_steps=0)
