@@ -13,6 +13,7 @@ from lightning_plugins.callbacks.sample_protocols import ClassificationLogits, P
 from lightning_plugins.callbacks.score_histogram import plot_score_histogram
 from lightning_plugins.callbacks.skill_it import SkillIt
 from lightning_plugins.callbacks.skills_graph import estimate_skills_graph
+from lightning_plugins.callbacks.task_boundaries import TaskBoundaries
 from lightning_plugins.callbacks.teacher_view import TeacherView
 from lightning_plugins.callbacks.teacher_weights import (
     export_teacher,
@@ -31,6 +32,7 @@ __all__ = [
     "OnlineMixing",
     "PerSampleLoss",
     "SkillIt",
+    "TaskBoundaries",
     "TeacherView",
     "estimate_skills_graph",
     "export_teacher",

@@ -1,5 +1,6 @@
 """LightningDataModules and the datasets behind them."""
 
+from lightning_plugins.datamodules.class_incremental import ClassIncremental
 from lightning_plugins.datamodules.digits import Digits
 from lightning_plugins.datamodules.image_text import ImageTextDataModule
 from lightning_plugins.datamodules.lego_skills import LegoDataset, LegoSkills
@@ -9,8 +10,10 @@ from lightning_plugins.datamodules.synthetic_shapes import (
     ShapesPairs,
     SyntheticShapes,
 )
+from lightning_plugins.datamodules.task_stream import TaskStream
 
 __all__ = [
+    "ClassIncremental",
     "Digits",
     "ImageTextDataModule",
     "LegoDataset",
@@ -19,4 +22,5 @@ __all__ = [
     "ShapesClassification",
     "ShapesPairs",
     "SyntheticShapes",
+    "TaskStream",
 ]

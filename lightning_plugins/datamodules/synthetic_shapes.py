@@ -185,6 +185,11 @@ class ShapesClassification(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """The int64 label of every sample (``index % num_concepts``), without drawing."""
+        return torch.arange(self.size) % self.num_concepts
+
     def concepts(self, index: int) -> list[int]:
         """The one concept id (the label) of sample ``index``, computed without drawing."""
         if not 0 <= index < self.size:
@@ -224,7 +229,9 @@ class SyntheticShapes(CheckedResume):
     ``image``, ``label`` and ``index``. The training images are drawn from their own
     stream, never the validation images. Validation is one dataloader, the zero-shot set
     above with its ``label``. ``num_classes`` is the number of concepts (64) for both
-    tasks.
+    tasks. For ``ClassIncremental`` (its LabelledSplits protocol) this view names its
+    splits ``train_set`` and ``val_set`` (the zero-shot set; ``None`` for pairs), and
+    their ``labels``.
 
     The i.i.d. training loader is a steerable
     :class:`~lightning_plugins.sampling.CurriculumSampler`: callbacks such as
@@ -362,6 +369,7 @@ class SyntheticShapes(CheckedResume):
         self.zero_shot_set = ShapesClassification(
             zero_shot_size, self.num_concepts, seed, image_size
         )
+        self.val_set = self.zero_shot_set if task == "classification" else None
         self.max_objects = max_objects
         self.sampling = sampling
         self.cabs = {
