@@ -75,6 +75,8 @@ class TaskBoundaries(Callback):
         ...         self.net = torch.nn.Linear(64, 10)
         ...     def training_step(self, batch, batch_idx):
         ...         return self.net(batch["image"].flatten(1)).logsumexp(1).mean()
+        ...     def validation_step(self, batch, batch_idx):
+        ...         pass
         ...     def configure_optimizers(self):
         ...         return torch.optim.SGD(self.parameters(), lr=0.01)
         >>> digits = Digits(image_size=8, channels=1)

@@ -160,7 +160,7 @@ class TaskStreamBase(CheckedResume):
         Our built-in sources do not augment; a source that does should hold unaugmented
         samples in its ``train_set`` (augment in the module) for statistics passes.
         """
-        self.setup("fit")
+        self._build()
         task = check_int(task, "task", low=0, high=self.num_tasks - 1)
         return self.views["train"][task]
 
@@ -175,6 +175,17 @@ class TaskStreamBase(CheckedResume):
         Raises:
             ValueError: for a task without training or validation samples.
         """
+        self._build()
+        if stage == "test" and "test" not in self.views:
+            for source in self.sources:
+                source.setup("test")
+            self.views["test"] = self.task_views("test")
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None:
+            self._adjust_trainer(trainer)
+
+    def _build(self) -> None:
+        """Set the sources up and split their training and validation sets (once)."""
         if not self.views:
             for source in self.sources:
                 source.setup("fit")
@@ -188,13 +199,6 @@ class TaskStreamBase(CheckedResume):
                     )
                 self._check_not_empty(split, views)
                 self.views[split] = views
-        if stage == "test" and "test" not in self.views:
-            for source in self.sources:
-                source.setup("test")
-            self.views["test"] = self.task_views("test")
-        trainer = self.trainer
-        if stage == "fit" and trainer is not None:
-            self._adjust_trainer(trainer)
 
     def _check_not_empty(self, split: str, views: list[TaskView]) -> None:
         for task, view in enumerate(views):
@@ -248,7 +252,7 @@ class TaskStreamBase(CheckedResume):
         Shuffled per ``(seed, epoch)``; ``steps_per_task`` gives exactly that many
         batches; steerable, DDP-ready and resumable mid-epoch as ``Digits``' loader.
         """
-        self.setup("fit")
+        self._build()
         task = self.current_task
         view = self.views["train"][task]
         batch_size, num_workers = self.loader_settings(task)
@@ -280,7 +284,7 @@ class TaskStreamBase(CheckedResume):
 
         Batch size and workers are those of the current task's source.
         """
-        self.setup("validate")
+        self._build()
         task = self.current_task
         return self._loader(self.views["val"][: task + 1], task)
 
