@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import Dataset
 
+from lightning_plugins.cli import main
 from lightning_plugins.datamodules import Digits, TaskStream
 from lightning_plugins.datamodules.task_stream_data import TaskStreamData
 from tests.datamodules.test_class_incremental import Tiny, fit
@@ -90,3 +93,30 @@ def test_bad_tasks():
 
     with pytest.raises(ValueError, match=r"tasks\[0\]\.train_set .* labels \[2\] outside"):
         TaskStream([Wrong()]).setup("fit")
+
+
+def test_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-plugins"])
+    config = tmp_path / "stream.yaml"
+    config.write_text(
+        """
+model:
+  class_path: ImageClassifier
+  init_args: {backbone: small_convnet, num_classes: 20, image_size: 8, in_channels: 1}
+data:
+  class_path: lightning_plugins.datamodules.TaskStream
+  init_args:
+    tasks:
+      - class_path: lightning_plugins.datamodules.Digits
+        init_args: {batch_size: 16, image_size: 8, channels: 1}
+      - class_path: lightning_plugins.datamodules.Digits
+        init_args: {batch_size: 8, image_size: 8, channels: 1, split_seed: 1}
+    epochs_per_task: 2
+"""
+    )
+    args = ["--config", str(config), "--seed_everything=0", "--trainer.logger=false"]
+    cli = main([*args, f"--trainer.default_root_dir={tmp_path}"], run=False)
+    stream = cli.datamodule
+    assert isinstance(stream, TaskStream) and stream.epochs_per_task == 2
+    assert [(d.batch_size, d.split_seed) for d in stream.tasks] == [(16, 0), (8, 1)]
+    assert stream.task_classes[1] == list(range(10, 20))
