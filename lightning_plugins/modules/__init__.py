@@ -7,9 +7,11 @@ from lightning_plugins.modules.image_classifier import ImageClassifier
 from lightning_plugins.modules.sample_weights import reduce_sample_losses, sample_reducer
 from lightning_plugins.modules.siglip import SigLIP
 from lightning_plugins.modules.skill_data import SkillData, read_skill_names
+from lightning_plugins.modules.slca import SLCA
 
 __all__ = [
     "CLIP",
+    "SLCA",
     "CausalLM",
     "ContrastiveImageText",
     "ImageClassifier",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -162,33 +162,8 @@ class ImageClassifier(pl.LightningModule):
             ValueError: for an ``image`` or ``label`` of the wrong shape, or labels outside
                 ``[0, num_classes)``.
         """
-        if not isinstance(batch, Mapping):
-            raise TypeError(
-                f"A {stage} batch must be a dict with `image` and `label`, got "
-                f"{type(batch).__name__}."
-            )
-        for key in ("image", "label"):
-            if key not in batch:
-                raise KeyError(f"A {stage} batch needs `{key}`; got keys {sorted(batch)}.")
-        image, label = batch["image"], batch["label"]
-        if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-            got = getattr(image, "dtype", type(image).__name__)
-            raise TypeError(f"`{stage} batch['image']` must be a float tensor, got {got}.")
-        if image.ndim != 4:
-            raise ValueError(
-                f"`{stage} batch['image']` must be [B, C, H, W], got shape {tuple(image.shape)}."
-            )
-        if not isinstance(label, torch.Tensor) or label.is_floating_point() or label.is_complex():
-            got = getattr(label, "dtype", type(label).__name__)
-            raise TypeError(
-                f"`{stage} batch['label']` must be an integer tensor [B] of class indices, "
-                f"got {got}."
-            )
-        if label.shape != image.shape[:1]:
-            raise ValueError(
-                f"`{stage} batch['label']` must have shape ({image.shape[0]},) (one class per "
-                f"image), got {tuple(label.shape)}."
-            )
+        check_image_batch(batch, stage)
+        label = batch["label"]
         if stage not in self._label_range_checked and label.numel():
             low, high = int(label.min()), int(label.max())
             if low < 0 or high >= self.hparams.num_classes:
@@ -244,24 +219,14 @@ class ImageClassifier(pl.LightningModule):
         ``backbone_lr_scale`` in :meth:`configure_optimizers`), ``head`` and
         ``head_no_decay``; the ``*_no_decay`` groups have ``weight_decay=0``.
         """
-        groups = []
-        for part in ("backbone", "head"):
-            module = getattr(self, part)
-            decay, no_decay = decay_groups(
-                ((f"{part}.{n}", p) for n, p in module.named_parameters()), self.no_weight_decay
-            )
-            groups += [
-                {"params": decay, "name": part},
-                {"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay"},
-            ]
-        return [group for group in groups if group["params"]]
+        return named_parameter_groups(
+            {"backbone": self.backbone, "head": self.head}, self.no_weight_decay
+        )
 
     @override
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
-        for group in optimizer.param_groups:
-            if str(group.get("name", "")).startswith("backbone"):
-                group["lr"] = group["lr"] * self.hparams.backbone_lr_scale
+        scale_backbone_lr(optimizer, self.hparams.backbone_lr_scale)
         return scheduled_optimizer(
             optimizer, self.lr_scheduler_factory, self.hparams.lr_scheduler_interval, self
         )
@@ -311,6 +276,91 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+
+def check_image_batch(batch: Any, stage: str) -> None:
+    """Raise a clear error for a batch the image classifiers cannot read.
+
+    The batch must be a dict with a float ``image`` ``[B, C, H, W]`` and an integer
+    ``label`` ``[B]`` (:class:`ImageClassifier`'s and ``SLCA``'s check, without the
+    label range).
+
+    Raises:
+        KeyError: for a batch without ``image`` or ``label``.
+        TypeError: for a batch that is no dict, or an ``image`` or ``label`` of the wrong
+            type or dtype.
+        ValueError: for an ``image`` or ``label`` of the wrong shape.
+
+    Example:
+        >>> check_image_batch({"image": torch.zeros(2, 1, 4, 4), "label": torch.zeros(3)}, "val")
+        Traceback (most recent call last):
+        ...
+        TypeError: `val batch['label']` must be an integer tensor [B] of class indices, got torch.float32.
+    """  # noqa: E501
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"A {stage} batch must be a dict with `image` and `label`, got {type(batch).__name__}."
+        )
+    for key in ("image", "label"):
+        if key not in batch:
+            raise KeyError(f"A {stage} batch needs `{key}`; got keys {sorted(batch)}.")
+    image, label = batch["image"], batch["label"]
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        got = getattr(image, "dtype", type(image).__name__)
+        raise TypeError(f"`{stage} batch['image']` must be a float tensor, got {got}.")
+    if image.ndim != 4:
+        raise ValueError(
+            f"`{stage} batch['image']` must be [B, C, H, W], got shape {tuple(image.shape)}."
+        )
+    if not isinstance(label, torch.Tensor) or label.is_floating_point() or label.is_complex():
+        got = getattr(label, "dtype", type(label).__name__)
+        raise TypeError(
+            f"`{stage} batch['label']` must be an integer tensor [B] of class indices, got {got}."
+        )
+    if label.shape != image.shape[:1]:
+        raise ValueError(
+            f"`{stage} batch['label']` must have shape ({image.shape[0]},) (one class per "
+            f"image), got {tuple(label.shape)}."
+        )
+
+
+def named_parameter_groups(
+    parts: Mapping[str, nn.Module], exempt: Callable[[str, nn.Parameter], bool]
+) -> list[dict[str, Any]]:
+    """The trainable parameters of named parts, each split by weight decay; empty groups dropped.
+
+    Groups ``<part>`` and ``<part>_no_decay`` (``weight_decay=0``) per part, in order.
+
+    Example:
+        >>> groups = named_parameter_groups({"head": nn.Linear(2, 3)}, no_weight_decay)
+        >>> [(g["name"], len(g["params"])) for g in groups]
+        [('head', 1), ('head_no_decay', 1)]
+    """
+    groups = []
+    for part, module in parts.items():
+        decay, no_decay = decay_groups(
+            ((f"{part}.{n}", p) for n, p in module.named_parameters()), exempt
+        )
+        groups += [
+            {"params": decay, "name": part},
+            {"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay"},
+        ]
+    return [group for group in groups if group["params"]]
+
+
+def scale_backbone_lr(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """Multiply the learning rate of the groups named ``backbone*`` by ``scale`` (in place).
+
+    Example:
+        >>> opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "name": "backbone"}],
+        ...                       lr=0.5)
+        >>> scale_backbone_lr(opt, 0.1)
+        >>> opt.param_groups[0]["lr"]
+        0.05
+    """
+    for group in optimizer.param_groups:
+        if str(group.get("name", "")).startswith("backbone"):
+            group["lr"] = group["lr"] * scale
 
 
 def _accuracy_metrics(num_classes: int) -> dict[str, MulticlassAccuracy]:

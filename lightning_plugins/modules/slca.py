@@ -1,0 +1,632 @@
+"""SLCA: slow learner with classifier alignment (Zhang et al. 2023), and its baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from lightning_plugins.datamodules.task_stream_data import read_task_stream
+from lightning_plugins.distributed import get_rank, get_world_size, global_sum, is_distributed
+from lightning_plugins.functional import COVARIANCE_KINDS, class_moments, statistics_from_moments
+from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
+from lightning_plugins.metrics import ContinualAccuracy
+from lightning_plugins.modules.classifier_alignment import align_linear_classifier
+from lightning_plugins.modules.image_backbone import create_backbone, feature_size
+from lightning_plugins.modules.image_classifier import (
+    check_image_batch,
+    named_parameter_groups,
+    scale_backbone_lr,
+)
+from lightning_plugins.modules.optimizer_setup import no_weight_decay, scheduled_optimizer
+from lightning_plugins.modules.sample_weights import sample_reducer
+
+__all__ = ["SLCA", "reference_sgd"]
+
+_SUMMARIES = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer")
+_STATISTICS = {
+    "full": ("covariance",),
+    "diagonal": ("variance",),
+    "lowrank": ("factor", "residual"),
+}
+
+
+def reference_sgd(params: Iterable[Any]) -> torch.optim.Optimizer:
+    """SLCA's optimizer: SGD with lr 0.01, momentum 0.9 and weight decay 5e-4 (the reference).
+
+    Example:
+        >>> reference_sgd(nn.Linear(2, 2).parameters()).defaults["momentum"]
+        0.9
+    """
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+class SLCA(pl.LightningModule):
+    """Slow learner with classifier alignment on a pretrained backbone, one head per task.
+
+    Trains a class-incremental stream in one ``trainer.fit`` on a
+    :class:`~lightning_plugins.datamodules.task_stream_data.TaskStreamData` datamodule; the
+    task hooks :meth:`on_task_start` / :meth:`on_task_end` come from
+    :class:`~lightning_plugins.callbacks.TaskBoundaries`, which :meth:`setup` adds when the
+    trainer has none. The backbone is built as in
+    :class:`~lightning_plugins.modules.ImageClassifier` (``"small_convnet"``, a timm name,
+    an image-text ``.ckpt``, or an ``nn.Module`` returning ``[B, d]``).
+
+    - **Heads**: an ``nn.Linear(d, k_t)`` per task, its columns the classes of
+      ``task_classes[t]`` in that order. ``forward`` gives the logits of tasks
+      ``0..current`` (the classes seen), in stream order; the prediction is the class id
+      of the argmax (``class_order[argmax]``).
+    - **Training** (``per_sample_loss``): cross-entropy on the current task's head only,
+      the target the label's position in ``task_classes[current]``. Only the current
+      head and the backbone are updated (the others' gradients are dropped before each
+      optimizer step); the backbone's learning rate is ``backbone_lr_scale`` times the
+      optimizer's (the *slow learner*).
+    - **After each task** (with ``classifier_alignment``): the mean and covariance
+      (``covariance``: ``full`` / ``diagonal`` / ``lowrank`` with ``covariance_rank``) of
+      the backbone's features of the task's classes, from ``task_dataset(t)`` without
+      augmentation (each rank its share, moments summed over ranks), kept in buffers; then,
+      from the second task on (as the reference), the heads of all tasks seen are aligned
+      on sampled features (``align_linear_classifier`` of
+      :mod:`~lightning_plugins.modules.classifier_alignment`).
+      As in the reference, which restores the heads after evaluating a task
+      (``fc.backup()`` / ``fc.recall()``), the aligned heads are a copy used for
+      prediction (``aligned_weight`` / ``aligned_bias``): the trained heads stay as
+      training left them, and every alignment starts from them.
+
+    The four methods of the paper's comparison are this class with:
+
+    ========================  =====================  ========================
+    method                    ``backbone_lr_scale``  ``classifier_alignment``
+    ========================  =====================  ========================
+    sequential fine-tuning    1                      False
+    slow learner              0.01                   False
+    linear probe              0 (frozen backbone)    False
+    SLCA                      0.01                   True
+    ========================  =====================  ========================
+
+    Validation (over the tasks seen) logs ``val/loss`` and ``val/acc_top1`` and fills the
+    row of the current task of ``continual_accuracy``
+    (:class:`~lightning_plugins.metrics.ContinualAccuracy`, reset at each validation
+    start, not in the sanity check); a validation after the current task's end also logs
+    ``val/average_accuracy``, ``val/average_incremental_accuracy``, ``val/forgetting`` and
+    ``val/backward_transfer``. At the end of ``fit`` rank 0 saves ``accuracy_matrix.csv``
+    and ``.png`` into ``trainer.log_dir`` (paths in ``accuracy_matrix_paths``). Test logs
+    ``test/loss`` and ``test/acc_top1`` over all tasks.
+
+    Distributed: DDP; the statistics are all-reduced, the alignment runs on every rank
+    from the same seed and rank 0's result is broadcast (guarding against kernels that are
+    not bitwise deterministic). The statistics and aligned-head buffers are excluded from
+    DDP's buffer broadcast. Sharded strategies (FSDP, ModelParallel) are not supported.
+
+    Args:
+        backbone: as :class:`~lightning_plugins.modules.ImageClassifier`'s.
+        task_classes: the class ids of each task; ``None`` reads them from the datamodule at
+            ``setup`` (and saves them in the hyperparameters, so that
+            ``load_from_checkpoint`` rebuilds the heads). Given, they must equal the
+            datamodule's.
+        backbone_weights: local weights file for a backbone given by name.
+        image_size: image size of the probe forward that finds the feature size.
+        in_channels: image channels of a backbone given by name (and of the probe).
+        label_smoothing: cross-entropy label smoothing of training, in ``[0, 1)``.
+        backbone_lr_scale: the backbone's learning rate as a multiple of the optimizer's;
+            0 freezes it (no gradients, eval mode).
+        classifier_alignment: compute the class statistics and align the heads after
+            each task.
+        covariance: ``"full"`` (the reference), ``"diagonal"`` or ``"lowrank"``.
+        covariance_rank: ``k`` in ``[1, d]`` for ``"lowrank"``, else ``None``.
+        alignment_samples: features sampled per class and alignment epoch (ref. 256).
+        alignment_epochs: alignment epochs (reference 5).
+        alignment_lr: alignment SGD learning rate, cosine-annealed (reference 0.01).
+        alignment_batch_size: sampled features per alignment step (reference 256).
+        logit_temperature: logit-normalisation temperature ``τ > 0`` (reference 0.1).
+        mean_shrink: largest shrinking of old class means, in ``[0, 1]`` (reference 0.1).
+        statistics_batch_size: images per batch of the statistics pass.
+        seed: seed of the alignment's sampling (combined with the task).
+        optimizer: optimizer factory taking parameter groups (default :func:`reference_sgd`).
+        lr_scheduler: LR scheduler factory, stepped every ``lr_scheduler_interval``.
+        lr_scheduler_interval: ``"step"`` or ``"epoch"``.
+
+    Raises:
+        TypeError: for an argument of the wrong type.
+        ValueError: for a negative ``backbone_lr_scale``, an unknown ``covariance``, a
+            ``covariance_rank`` given without ``"lowrank"``, missing with it or outside
+            ``[1, d]``, counts below 1, ``logit_temperature <= 0``, ``mean_shrink`` outside
+            ``[0, 1]``, empty or overlapping ``task_classes`` or ones that differ from the
+            datamodule's, and a training label outside the current task.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> module = SLCA(nn.Flatten(), task_classes=[[3, 1], [0, 2]], image_size=2,
+        ...               in_channels=1, covariance="diagonal")
+        >>> batch = {"image": torch.randn(4, 1, 2, 2), "label": torch.tensor([1, 3, 3, 1])}
+        >>> module.per_sample_loss(batch).shape
+        torch.Size([4])
+        >>> module(batch["image"]).shape  # the classes seen: task 0's
+        torch.Size([4, 2])
+        >>> module.on_task_start(1)
+        >>> module(batch["image"]).shape, module.class_order.tolist()
+        (torch.Size([4, 4]), [3, 1, 0, 2])
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        task_classes: list[list[int]] | None = None,
+        backbone_weights: str | None = None,
+        image_size: int = 32,
+        in_channels: int = 3,
+        label_smoothing: float = 0.0,
+        backbone_lr_scale: float = 0.01,
+        classifier_alignment: bool = True,
+        covariance: str = "full",
+        covariance_rank: int | None = None,
+        alignment_samples: int = 256,
+        alignment_epochs: int = 5,
+        alignment_lr: float = 0.01,
+        alignment_batch_size: int = 256,
+        logit_temperature: float = 0.1,
+        mean_shrink: float = 0.1,
+        statistics_batch_size: int = 128,
+        seed: int = 0,
+        optimizer: OptimizerCallable = reference_sgd,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "step",
+    ) -> None:
+        super().__init__()
+        image_size = check_int(image_size, "image_size", low=1)
+        in_channels = check_int(in_channels, "in_channels", low=1)
+        check_float(label_smoothing, "label_smoothing", low=0, high=1, high_open=True)
+        backbone_lr_scale = check_float(backbone_lr_scale, "backbone_lr_scale", low=0)
+        check_bool(classifier_alignment, "classifier_alignment")
+        check_choice(covariance, "covariance", COVARIANCE_KINDS)
+        for name in (
+            "alignment_samples",
+            "alignment_epochs",
+            "alignment_batch_size",
+            "statistics_batch_size",
+        ):
+            check_int(locals()[name], name, low=1)
+        check_float(alignment_lr, "alignment_lr", low=0, low_open=True)
+        check_float(logit_temperature, "logit_temperature", low=0, low_open=True)
+        check_float(mean_shrink, "mean_shrink", low=0, high=1)
+        check_int(seed, "seed", low=0)
+        check_choice(lr_scheduler_interval, "lr_scheduler_interval", ("step", "epoch"))
+        self.backbone = create_backbone(backbone, backbone_weights, in_channels)
+        self.feature_dim = feature_size(self.backbone, image_size, in_channels)
+        if covariance != "lowrank" and covariance_rank is not None:
+            raise ValueError(
+                f"`covariance_rank` is only used with covariance='lowrank'; got "
+                f"covariance_rank={covariance_rank!r} with covariance={covariance!r}."
+            )
+        if covariance == "lowrank":
+            if covariance_rank is None:
+                raise ValueError(
+                    "`covariance_rank` must be given with covariance='lowrank': an integer in "
+                    f"[1, d={self.feature_dim}]."
+                )
+            check_int(covariance_rank, "covariance_rank", low=1, high=self.feature_dim)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters({"backbone": backbone if isinstance(backbone, str) else None})
+        if backbone_lr_scale == 0:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_accuracy, self.test_accuracy = MeanMetric(), MeanMetric()
+        self.task_classes: tuple[tuple[int, ...], ...] | None = None
+        self.accuracy_matrix_paths: tuple[str, str] | None = None
+        if task_classes is not None:
+            self._build_heads(_checked_task_classes(task_classes))
+
+    # ----------------------------------------------------------------- stream
+    def _build_heads(self, task_classes: tuple[tuple[int, ...], ...]) -> None:
+        """Heads, class maps, task buffers, statistics buffers and the accuracy matrix."""
+        self.task_classes = task_classes
+        sizes = [len(classes) for classes in task_classes]
+        self.offsets = [sum(sizes[:t]) for t in range(len(sizes) + 1)]
+        total, dim = self.offsets[-1], self.feature_dim
+        device = next(iter(self.backbone.parameters()), torch.empty(0)).device
+        self.heads = nn.ModuleList(_head(dim, size).to(device) for size in sizes)
+        order = [c for classes in task_classes for c in classes]
+        lookup = max(order) + 1
+        position, task_of = torch.full((lookup,), -1), torch.full((lookup,), -1)
+        for t, classes in enumerate(task_classes):
+            for slot, c in enumerate(classes):
+                position[c], task_of[c] = self.offsets[t] + slot, t
+        long = {"dtype": torch.long, "device": device}
+        buffers = {
+            "class_order": (torch.tensor(order, **long), False),  # stream position -> class
+            "class_position": (position.to(device), False),  # class -> stream position, -1
+            "class_task": (task_of.to(device), False),  # class -> task, -1
+            "position_task": (torch.tensor(_task_of_positions(sizes), **long), False),
+            "current_task": (torch.tensor(0, **long), True),
+            "ended_task": (torch.tensor(-1, **long), True),  # last task whose end ran
+        }
+        if self.hparams.classifier_alignment:
+            shapes = {"mean": (total, dim), "covariance": (total, dim, dim)}
+            shapes.update(variance=(total, dim), residual=(total, dim))
+            shapes["factor"] = (total, dim, self.hparams.covariance_rank or 1)
+            names = ("mean", *_STATISTICS[self.hparams.covariance])
+            floats = {"dtype": torch.float32, "device": device}
+            stats = {f"class_{n}": (torch.zeros(shapes[n], **floats), True) for n in names}
+            buffers.update(stats)
+            buffers["has_statistics"] = (torch.zeros(total, dtype=torch.bool, device=device), True)
+            buffers["aligned_weight"] = (torch.zeros(total, dim, **floats), True)
+            buffers["aligned_bias"] = (torch.zeros(total, **floats), True)
+            buffers["aligned_tasks"] = (torch.tensor(0, **long), True)  # tasks 0.. aligned
+            # large and equal on every rank: kept out of DDP's per-step buffer broadcast
+            self._ddp_params_and_buffers_to_ignore = [*stats, "aligned_weight", "aligned_bias"]
+        for name, (value, persistent) in buffers.items():
+            self.register_buffer(name, value, persistent=persistent)
+        self.continual_accuracy = ContinualAccuracy(len(task_classes)).to(device)
+
+    def _require_heads(self) -> tuple[tuple[int, ...], ...]:
+        if self.task_classes is None:
+            raise RuntimeError(
+                "SLCA has no heads yet: give `task_classes`, or fit it with a TaskStreamData "
+                "datamodule (ClassIncremental, TaskStream), whose classes `setup` reads."
+            )
+        return self.task_classes
+
+    @override
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+            raise ValueError(
+                f"SLCA does not support the sharded strategy {type(trainer.strategy).__name__} "
+                "yet (the heads and class statistics are replicated); use DDP."
+            )
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            if stage == "fit" or self.task_classes is None:
+                self._require_heads()
+                raise ValueError(
+                    "SLCA trains on a TaskStreamData datamodule (ClassIncremental, TaskStream): "
+                    "pass it as `datamodule` to trainer.fit."
+                )
+            return
+        schedule = read_task_stream(datamodule)
+        if self.task_classes is None:
+            self.hparams["task_classes"] = [list(classes) for classes in schedule.task_classes]
+            self._build_heads(schedule.task_classes)
+        elif self.task_classes != schedule.task_classes:
+            raise ValueError(
+                f"`task_classes` {[list(c) for c in self.task_classes]} differ from the "
+                f"datamodule's {type(datamodule).__name__}.task_classes "
+                f"{[list(c) for c in schedule.task_classes]}."
+            )
+        if stage == "fit":
+            from lightning_plugins.callbacks.task_boundaries import ensure_task_boundaries
+
+            ensure_task_boundaries(trainer)
+
+    def on_task_start(self, task: int) -> None:
+        """Task ``task`` trains now: its head, and the ContinualAccuracy row, are current."""
+        task = check_int(task, "task", low=0, high=len(self._require_heads()) - 1)
+        self.current_task.fill_(task)
+        self.continual_accuracy.set_training_task(task)
+
+    def on_task_end(self, task: int) -> None:
+        """Class statistics of the task's classes, then the classifier alignment (task ≥ 1)."""
+        task = check_int(task, "task", low=0, high=len(self._require_heads()) - 1)
+        if self.hparams.classifier_alignment:
+            self._store_statistics(task)
+            if task >= 1:
+                self._align(task)
+        self.ended_task.fill_(task)
+
+    # ----------------------------------------------------------------- model
+    @override
+    def train(self, mode: bool = True) -> SLCA:
+        """Set train mode, keeping a frozen backbone (``backbone_lr_scale=0``) in eval mode."""
+        super().train(mode)
+        if self.hparams.backbone_lr_scale == 0:
+            self.backbone.eval()
+        return self
+
+    def stream_logits(
+        self, features: torch.Tensor, num_tasks: int, aligned: bool = True
+    ) -> torch.Tensor:
+        """Logits ``[B, classes of tasks 0..num_tasks-1]`` in stream order.
+
+        ``aligned`` uses the aligned copy of the heads that the last alignment covered.
+        """
+        self._require_heads()
+        upto = int(self.aligned_tasks) if aligned and self.hparams.classifier_alignment else 0
+        blocks = []
+        for t in range(num_tasks):
+            if t < upto:
+                start, stop = self.offsets[t], self.offsets[t + 1]
+                weight, bias = self.aligned_weight[start:stop], self.aligned_bias[start:stop]
+                blocks.append(
+                    F.linear(features, weight.to(features.dtype), bias.to(features.dtype))
+                )
+            else:
+                blocks.append(self.heads[t](features))
+        return torch.cat(blocks, dim=1)
+
+    @override
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C_seen]`` of the classes of tasks ``0..current`` (stream order)."""
+        return self.stream_logits(self.backbone(image), int(self.current_task) + 1)
+
+    def predict_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class ids ``[B]`` of the argmax of stream-order logits."""
+        return self.class_order[logits.argmax(dim=1)]
+
+    # ------------------------------------------------------------------ loss
+    def _check_training_batch(self, batch: dict[str, Any], task: int) -> None:
+        """Every label in ``task``'s classes and every ``batch['task']`` equal to ``task``."""
+        check_image_batch(batch, "train")
+        label = batch["label"]
+        inside = (label >= 0) & (label < self.class_task.numel())
+        ok = inside & (self.class_task[label.clamp(0, self.class_task.numel() - 1)] == task)
+        batch_task = batch.get("task")
+        task_ok = True if batch_task is None else bool((batch_task == task).all())
+        if not bool(ok.all()):
+            bad = int(label[~ok][0])
+            raise ValueError(
+                f"`train batch['label']` holds class {bad}, which is not in the current task "
+                f"{task} (classes {list(self.task_classes[task])}): SLCA trains one task at a "
+                "time; check that the datamodule's training batches follow its task_classes."
+            )
+        if not task_ok:
+            other = int(batch_task[batch_task != task][0])
+            raise ValueError(
+                f"`train batch['task']` holds task {other} while task {task} trains; the "
+                "datamodule's epochs and the task hooks disagree."
+            )
+
+    def classification_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current task head's logits ``[B, k_t]`` and the labels' positions in it."""
+        self._require_heads()
+        task = int(self.current_task)
+        self._check_training_batch(batch, task)
+        # every head enters the graph (so DDP sees all parameters used); only the current
+        # one's columns reach the loss, and on_before_optimizer_step drops the others' grads
+        logits = self.stream_logits(self.backbone(batch["image"]), len(self.heads), False)
+        start, stop = self.offsets[task], self.offsets[task + 1]
+        return logits[:, start:stop], self.class_position[batch["label"]] - start
+
+    def per_sample_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy of each sample on the current task's head, ``[B]``."""
+        logits, targets = self.classification_logits(batch)
+        return F.cross_entropy(
+            logits, targets, reduction="none", label_smoothing=self.hparams.label_smoothing
+        )
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.per_sample_loss(batch)
+        loss = sample_reducer(batch, losses)(losses)
+        self.log("train/loss", loss, prog_bar=True, batch_size=losses.shape[0])
+        return loss
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients of every head but the current one: old heads stay as trained."""
+        current = int(self.current_task)
+        for t, head in enumerate(self.heads):
+            if t != current:
+                for param in head.parameters():
+                    param.grad = None
+
+    # ------------------------------------------------------------ optimizer
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Whether a parameter is exempt from weight decay (ImageClassifier's rule)."""
+        return no_weight_decay(name, param)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """``backbone``, ``backbone_no_decay``, ``heads``, ``heads_no_decay`` (trainable)."""
+        self._require_heads()
+        parts = {"backbone": self.backbone, "heads": self.heads}
+        return named_parameter_groups(parts, self.no_weight_decay)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        scale_backbone_lr(optimizer, self.hparams.backbone_lr_scale)
+        return scheduled_optimizer(
+            optimizer, self.lr_scheduler_factory, self.hparams.lr_scheduler_interval, self
+        )
+
+    # ------------------------------------------------------ class statistics
+    def task_features(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of this rank's share of ``task_dataset(task)``.
+
+        The rank takes positions ``rank::world_size``; the features are float32, from the
+        backbone in eval mode without gradient.
+        """
+        dataset = self.trainer.datamodule.task_dataset(task)
+        rank, world = get_rank(), get_world_size()
+        loader = DataLoader(
+            Subset(dataset, range(rank, len(dataset), world)),
+            batch_size=self.hparams.statistics_batch_size,
+        )
+        precision = self.trainer.precision_plugin
+        was_training = self.backbone.training
+        self.backbone.eval()
+        features = [torch.zeros(0, self.feature_dim, device=self.device)]
+        labels = [torch.zeros(0, dtype=torch.long, device=self.device)]
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    batch = precision.convert_input(batch)
+                    with precision.forward_context():
+                        out = self.backbone(batch["image"].to(self.device))
+                    features.append(out.float())
+                    labels.append(batch["label"].to(self.device))
+        finally:
+            self.backbone.train(was_training)
+        return torch.cat(features), torch.cat(labels)
+
+    def _store_statistics(self, task: int) -> None:
+        classes = self.task_classes[task]
+        features, labels = self.task_features(task)
+        kind = self.hparams.covariance
+        moments = {
+            k: global_sum(v) for k, v in class_moments(features, labels, classes, kind).items()
+        }
+        stats = statistics_from_moments(
+            moments, classes, kind, rank=self.hparams.covariance_rank, dtype=torch.float32
+        )
+        start, stop = self.offsets[task], self.offsets[task + 1]
+        for name in ("mean", *_STATISTICS[kind]):
+            getattr(self, f"class_{name}")[start:stop] = stats[name]
+        self.has_statistics[start:stop] = True
+
+    def class_gaussians(self, num_tasks: int) -> dict[str, torch.Tensor]:
+        """The stored statistics of the classes of tasks ``0..num_tasks-1`` (stream order)."""
+        stop = self.offsets[num_tasks]
+        names = ("mean", *_STATISTICS[self.hparams.covariance])
+        return {name: getattr(self, f"class_{name}")[:stop] for name in names}
+
+    def _align(self, task: int) -> None:
+        stop = self.offsets[task + 1]
+        heads = self.heads[: task + 1]
+        weight = torch.cat([head.weight.detach() for head in heads])
+        bias = torch.cat([head.bias.detach() for head in heads])
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.hparams.seed * 1_000_003 + task)
+        weight, bias, losses = align_linear_classifier(
+            weight,
+            bias,
+            self.class_gaussians(task + 1),
+            self.position_task[:stop],
+            [len(classes) for classes in self.task_classes[: task + 1]],
+            samples_per_class=self.hparams.alignment_samples,
+            epochs=self.hparams.alignment_epochs,
+            lr=self.hparams.alignment_lr,
+            batch_size=self.hparams.alignment_batch_size,
+            temperature=self.hparams.logit_temperature,
+            mean_shrink=self.hparams.mean_shrink,
+            generator=generator,
+        )
+        if is_distributed():  # every rank computed the same; rank 0's is the one kept
+            dist.broadcast(weight, src=0)
+            dist.broadcast(bias, src=0)
+        self.aligned_weight[:stop] = weight
+        self.aligned_bias[:stop] = bias
+        self.aligned_tasks.fill_(task + 1)
+        self.alignment_losses = losses
+        if self._current_fx_name is not None:  # inside a Trainer hook
+            self.log("train/alignment_loss", losses[-1], on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], stage: str, num_tasks: int) -> torch.Tensor:
+        """Loss and accuracy of a batch over the classes of tasks ``0..num_tasks-1``."""
+        check_image_batch(batch, stage)
+        label = batch["label"]
+        inside = (label >= 0) & (label < self.class_position.numel())
+        position = self.class_position[label.clamp(0, self.class_position.numel() - 1)]
+        known = inside & (position >= 0) & (position < self.offsets[num_tasks])
+        if not bool(known.all()):
+            raise ValueError(
+                f"`{stage} batch['label']` holds class {int(label[~known][0])}, which is in "
+                f"none of the tasks 0..{num_tasks - 1} that SLCA evaluates (the tasks seen)."
+            )
+        logits = self.stream_logits(self.backbone(batch["image"]), num_tasks)
+        loss = F.cross_entropy(logits, position)
+        self.log(f"{stage}/loss", loss, batch_size=label.shape[0], sync_dist=True)
+        predictions = self.predict_classes(logits)
+        (self.val_accuracy if stage == "val" else self.test_accuracy).update(
+            (predictions == label).float()
+        )
+        return predictions
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self.val_accuracy.reset()
+        if not self.trainer.sanity_checking:
+            self.continual_accuracy.reset_row(int(self.current_task))
+
+    @override
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        predictions = self._eval_step(batch, "val", int(self.current_task) + 1)
+        if not self.trainer.sanity_checking:
+            task = batch.get("task")
+            task = self.class_task[batch["label"]] if task is None else task
+            self.continual_accuracy.update(predictions, batch["label"], task)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/acc_top1", self.val_accuracy.compute(), sync_dist=True)  # equal on all
+        self.val_accuracy.reset()
+        if self.trainer.sanity_checking or int(self.ended_task) != int(self.current_task):
+            return
+        result = self.continual_accuracy.compute()  # every rank: syncs under DDP
+        for name in _SUMMARIES:
+            self.log(f"val/{name}", result[name].float(), sync_dist=True)
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.task_classes is None:
+            return
+        result = self.continual_accuracy.compute()
+        folder = self.trainer.log_dir or self.trainer.default_root_dir
+        if self.trainer.is_global_zero:
+            self.accuracy_matrix_paths = self.continual_accuracy.save(folder, result)
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self.test_accuracy.reset()
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", len(self._require_heads()))
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.log("test/acc_top1", self.test_accuracy.compute(), sync_dist=True)
+        self.test_accuracy.reset()
+
+
+def _head(dim: int, size: int) -> nn.Linear:
+    """A task's head, initialised as the reference's (truncated normal, std 0.02; bias 0)."""
+    head = nn.Linear(dim, size)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def _task_of_positions(sizes: Sequence[int]) -> list[int]:
+    return [t for t, size in enumerate(sizes) for _ in range(size)]
+
+
+def _checked_task_classes(task_classes: Any) -> tuple[tuple[int, ...], ...]:
+    """``task_classes`` as tuples: non-empty, disjoint lists of non-negative class ids."""
+    if isinstance(task_classes, str | bytes) or not isinstance(task_classes, Sequence):
+        raise TypeError(
+            f"`task_classes` must be a list of lists of class ids, got {task_classes!r}."
+        )
+    if not task_classes:
+        raise ValueError("`task_classes` must hold at least one task, got none.")
+    owner: dict[int, int] = {}
+    checked = []
+    for t, classes in enumerate(task_classes):
+        if isinstance(classes, str | bytes) or not isinstance(classes, Sequence):
+            raise TypeError(f"`task_classes[{t}]` must be a list of class ids, got {classes!r}.")
+        if not classes:
+            raise ValueError(f"`task_classes[{t}]` is empty: every task needs a class.")
+        ids = tuple(check_int(c, f"task_classes[{t}][{i}]", low=0) for i, c in enumerate(classes))
+        for c in ids:
+            if c in owner:
+                raise ValueError(
+                    f"`task_classes`: tasks must not overlap, but class {c} is in task "
+                    f"{owner[c]} and task {t}."
+                )
+            owner[c] = t
+        checked.append(ids)
+    return tuple(checked)
