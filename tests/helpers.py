@@ -1,17 +1,29 @@
-"""Test helpers: run a function in several CPU processes joined by a gloo group."""
+"""Test helpers: run a function in several CPU processes joined by a gloo group.
+
+Starting processes and importing torch and Lightning in them takes several seconds, more
+than most distributed tests compute. So :func:`run_ddp` keeps one pool of ``world_size``
+processes per world size for the whole test session: each process joins a gloo group
+once and then runs the functions it is sent, one test after another. A function that
+raises (or a rank that dies or hangs) tears the pool down, so the next call starts a fresh
+one and no test inherits a half-finished collective.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import queue
 import socket
 import tempfile
-import warnings
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+TIMEOUT_S = 900.0  # one call; a hung collective fails the test instead of the whole run
 
 
 def free_port() -> int:
@@ -21,48 +33,108 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, out_dir: str) -> None:
+def _serve(rank: int, world_size: int, port: int, tasks: Any, replies: Any) -> None:
+    """A pool process: join the group, then run each task sent until told to stop."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
-    try:
-        result = fn(rank, world_size, *args)
-        path = os.path.join(out_dir, f"{rank}.pt")
-        torch.save(result, path + ".tmp")
-        os.replace(path + ".tmp", path)  # complete, or absent
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        fn, args, path = task
+        try:
+            result = fn(rank, world_size, *args)
+            torch.save(result, path + ".tmp")
+            os.replace(path + ".tmp", path)  # complete, or absent
+            dist.barrier()  # every rank done before any starts the next task
+            replies.put((rank, None))
+        except BaseException:  # reported to the test; the pool is then torn down
+            replies.put((rank, traceback.format_exc()))
+            return
+    dist.destroy_process_group()
+
+
+class _Pool:
+    """``world_size`` processes in one gloo group, running one task at a time."""
+
+    def __init__(self, world_size: int) -> None:
+        context = mp.get_context("spawn")
+        self.world_size = world_size
+        self.replies = context.Queue()
+        self.tasks = [context.Queue() for _ in range(world_size)]
+        port = free_port()
+        self.processes = [
+            context.Process(
+                target=_serve,
+                args=(rank, world_size, port, self.tasks[rank], self.replies),
+                daemon=True,
+            )
+            for rank in range(world_size)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def run(self, fn: Callable[..., Any], args: tuple, out_dir: str) -> None:
+        for rank, tasks in enumerate(self.tasks):
+            tasks.put((fn, args, os.path.join(out_dir, f"{rank}.pt")))
+        pending = set(range(self.world_size))
+        while pending:
+            try:
+                rank, error = self.replies.get(timeout=1.0)
+            except queue.Empty:
+                dead = [r for r in pending if not self.processes[r].is_alive()]
+                if dead:
+                    message = f"run_ddp: rank {dead[0]} died running {fn.__name__}"
+                    raise RuntimeError(message) from None
+                continue
+            if error is not None:
+                raise RuntimeError(f"run_ddp: rank {rank} raised in {fn.__name__}:\n{error}")
+            pending.discard(rank)
+
+    def close(self, graceful: bool = True) -> None:
+        if graceful:
+            for tasks in self.tasks:
+                tasks.put(None)
+            for process in self.processes:
+                process.join(timeout=10)
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+_POOLS: dict[int, _Pool] = {}
+
+
+@atexit.register
+def _close_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].close()
 
 
 def run_ddp(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes; return each result.
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes; return each result.
 
-    ``fn`` must be a module-level function (it is pickled into spawned processes) and
-    return tensors, numbers or containers of them.
+    The processes are a session-wide pool (module docstring) that already joined a gloo
+    process group; ``fn`` may use ``torch.distributed`` directly, and a Lightning
+    ``Trainer(strategy="ddp")`` joins that group (set ``LOCAL_RANK``, ``WORLD_SIZE`` etc.).
+    ``fn`` must be a module-level function (it is pickled into the processes) and return
+    tensors, numbers or containers of them. A rank that raises fails the call with its
+    traceback.
     """
+    pool = _POOLS.get(world_size)
+    if pool is None:
+        pool = _POOLS[world_size] = _Pool(world_size)
     with tempfile.TemporaryDirectory() as out_dir:
         try:
-            mp.spawn(
-                _worker,
-                args=(world_size, free_port(), fn, args, out_dir),
-                nprocs=world_size,
-                join=True,
-            )
-        except mp.ProcessExitedException as error:
-            # gloo's background threads can abort a process while it tears down ("terminate
-            # called without an active exception"), after every rank wrote its result; a
-            # failure before that leaves a result missing and is raised
-            written = all(
-                os.path.exists(os.path.join(out_dir, f"{r}.pt")) for r in range(world_size)
-            )
-            if not written:
-                raise
-            warnings.warn(
-                f"run_ddp: a process died after writing its result ({error}).", stacklevel=2
-            )
+            pool.run(fn, args, out_dir)
+        except BaseException:
+            del _POOLS[world_size]
+            pool.close(graceful=False)
+            raise
         return [
             torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
             for r in range(world_size)
