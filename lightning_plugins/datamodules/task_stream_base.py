@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -94,7 +95,7 @@ class TaskView(Dataset):
         return out
 
 
-class TaskStreamBase(CheckedResume):
+class TaskStreamBase(CheckedResume, ABC):
     """A task stream's loaders, schedule and trainer settings; subclasses split the sources.
 
     A subclass passes its source datamodules and sets ``num_tasks``, ``num_classes`` and
@@ -129,17 +130,17 @@ class TaskStreamBase(CheckedResume):
         self.views: dict[str, list[TaskView] | None] = {}
 
     # -------------------------------------------------------------------- subclasses
+    @abstractmethod
     def task_views(self, split: str) -> list[TaskView] | None:
         """One view per task of ``split`` (``train``, ``val``, ``test``); None if missing."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loader_settings(self, task: int) -> tuple[int, int]:
         """``(batch_size, num_workers)`` of ``task``'s loaders."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stream_config(self) -> dict[str, Any]:
         """What the split into tasks depends on (primitives), for :meth:`config`."""
-        raise NotImplementedError
 
     @property
     def schedule(self) -> StreamSchedule:
@@ -153,6 +154,13 @@ class TaskStreamBase(CheckedResume):
         if trainer is None:
             return 0
         return self.schedule.task_of_epoch(trainer.current_epoch)
+
+    def _seen_tasks(self) -> int:
+        """Tasks validated: those seen so far in a fit, all of them in ``trainer.validate``."""
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn not in (None, "fit"):
+            return self.num_tasks
+        return self.current_task + 1
 
     def task_dataset(self, task: int) -> TaskView:
         """The training samples of ``task`` (the view the training loader draws from).
@@ -282,11 +290,13 @@ class TaskStreamBase(CheckedResume):
     def val_dataloader(self) -> DataLoader:
         """The validation samples of the tasks seen so far (0 to the current task), in order.
 
-        Batch size and workers are those of the current task's source.
+        Within a fit (and without a trainer) the tasks seen so far; under
+        ``trainer.validate`` all tasks (a fresh trainer's epoch says nothing of the stream).
+        Batch size and workers are those of the last task validated.
         """
         self._build()
-        task = self.current_task
-        return self._loader(self.views["val"][: task + 1], task)
+        seen = self._seen_tasks()
+        return self._loader(self.views["val"][:seen], seen - 1)
 
     def test_dataloader(self) -> DataLoader:
         """The test samples of all tasks, in order (the last task's batch size and workers).

@@ -149,6 +149,15 @@ def test_fit_trains_each_task_in_turn_and_validates_the_seen_tasks(digits):
         assert sorted(got.tolist()) == expected.tolist()  # exactly the seen tasks, once
 
 
+def test_validate_outside_a_fit_covers_every_task(digits):
+    stream = ClassIncremental(digits, num_tasks=5)
+    module = Tiny()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.validate(module, stream, verbose=False)  # a fresh trainer: epoch 0
+    got = torch.cat([b["index"] for _, b in module.val_batches])
+    assert sorted(got.tolist()) == list(range(len(digits.val_set)))
+
+
 def test_steps_per_task_gives_exactly_that_many_batches(digits):
     stream = ClassIncremental(digits, num_tasks=5, steps_per_task=3, seed=4)
     module = Tiny()
