@@ -1,5 +1,6 @@
 """LightningModules."""
 
+from lightning_plugins.modules.backbone_module import BackboneModule
 from lightning_plugins.modules.causal_lm import CausalLM
 from lightning_plugins.modules.clip import CLIP
 from lightning_plugins.modules.contrastive_image_text import ContrastiveImageText
@@ -12,6 +13,7 @@ from lightning_plugins.modules.slca import SLCA
 __all__ = [
     "CLIP",
     "SLCA",
+    "BackboneModule",
     "CausalLM",
     "ContrastiveImageText",
     "ImageClassifier",

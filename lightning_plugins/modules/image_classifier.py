@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -13,13 +11,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_plugins.functional._checks import check_choice, check_float, check_int
-from lightning_plugins.modules.image_backbone import create_backbone, feature_size
-from lightning_plugins.modules.optimizer_setup import (
-    decay_groups,
-    no_weight_decay,
-    scheduled_optimizer,
-)
+from lightning_plugins.functional._checks import check_float, check_int
+from lightning_plugins.modules.backbone_module import BackboneModule, check_image_batch
 from lightning_plugins.modules.sample_weights import sample_reducer
 
 __all__ = ["ImageClassifier"]
@@ -27,7 +20,7 @@ __all__ = ["ImageClassifier"]
 _PER_CLASS_LIMIT = 100  # classes up to which per-class accuracy is logged
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(BackboneModule):
     """Image classification: a backbone's features ``[B, D]`` and a linear head ``D → C``.
 
     The backbone is a built-in name (``"small_convnet"``: a
@@ -111,38 +104,29 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "step",
     ) -> None:
-        super().__init__()
         num_classes = check_int(num_classes, "num_classes", low=2)
-        image_size = check_int(image_size, "image_size", low=1)
-        in_channels = check_int(in_channels, "in_channels", low=1)
         label_smoothing = check_float(
             label_smoothing, "label_smoothing", low=0, high=1, high_open=True
         )
-        backbone_lr_scale = check_float(backbone_lr_scale, "backbone_lr_scale", low=0)
-        check_choice(lr_scheduler_interval, "lr_scheduler_interval", ("step", "epoch"))
-        self.backbone = create_backbone(backbone, backbone_weights, in_channels)
+        super().__init__(
+            backbone,
+            backbone_weights,
+            image_size,
+            in_channels,
+            backbone_lr_scale,
+            optimizer,
+            lr_scheduler,
+            lr_scheduler_interval,
+        )
         # as primitives, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
         self.save_hyperparameters({"backbone": backbone if isinstance(backbone, str) else None})
-        self.head = nn.Linear(feature_size(self.backbone, image_size, in_channels), num_classes)
-        if backbone_lr_scale == 0:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
+        self.head = nn.Linear(self.feature_dim, num_classes)
         self.metrics = nn.ModuleDict(_accuracy_metrics(num_classes))
         # labels are checked against [0, num_classes) at the first batch of each stage
         self._label_range_checked: set[str] = set()
 
     # ----------------------------------------------------------------- model
-    @override
-    def train(self, mode: bool = True) -> ImageClassifier:
-        """Set train mode, keeping a frozen backbone (``backbone_lr_scale=0``) in eval mode."""
-        super().train(mode)
-        if self.hparams.backbone_lr_scale == 0:
-            self.backbone.eval()
-        return self
-
     @override
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` of images ``[B, C, H, W]``."""
@@ -204,32 +188,10 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     # ------------------------------------------------------------ optimizer
-    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
-        """Whether a parameter is exempt from weight decay: ContrastiveImageText's rule.
-
-        Override to change the policy. Default: 0- and 1-D tensors (norm weights, biases)
-        and names with ``bn``, ``ln`` or ``bias``.
-        """
-        return no_weight_decay(name, param)
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The trainable parameters in named groups, empty ones left out.
-
-        ``backbone`` and ``backbone_no_decay`` (the learning rate is scaled by
-        ``backbone_lr_scale`` in :meth:`configure_optimizers`), ``head`` and
-        ``head_no_decay``; the ``*_no_decay`` groups have ``weight_decay=0``.
-        """
-        return named_parameter_groups(
-            {"backbone": self.backbone, "head": self.head}, self.no_weight_decay
-        )
-
     @override
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        scale_backbone_lr(optimizer, self.hparams.backbone_lr_scale)
-        return scheduled_optimizer(
-            optimizer, self.lr_scheduler_factory, self.hparams.lr_scheduler_interval, self
-        )
+    def head_modules(self) -> dict[str, nn.Module]:
+        """``head``: its groups ``head`` and ``head_no_decay`` follow the backbone's."""
+        return {"head": self.head}
 
     # ------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
@@ -276,91 +238,6 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-
-
-def check_image_batch(batch: Any, stage: str) -> None:
-    """Raise a clear error for a batch the image classifiers cannot read.
-
-    The batch must be a dict with a float ``image`` ``[B, C, H, W]`` and an integer
-    ``label`` ``[B]`` (:class:`ImageClassifier`'s and ``SLCA``'s check, without the
-    label range).
-
-    Raises:
-        KeyError: for a batch without ``image`` or ``label``.
-        TypeError: for a batch that is no dict, or an ``image`` or ``label`` of the wrong
-            type or dtype.
-        ValueError: for an ``image`` or ``label`` of the wrong shape.
-
-    Example:
-        >>> check_image_batch({"image": torch.zeros(2, 1, 4, 4), "label": torch.zeros(3)}, "val")
-        Traceback (most recent call last):
-        ...
-        TypeError: `val batch['label']` must be an integer tensor [B] of class indices, got torch.float32.
-    """  # noqa: E501
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"A {stage} batch must be a dict with `image` and `label`, got {type(batch).__name__}."
-        )
-    for key in ("image", "label"):
-        if key not in batch:
-            raise KeyError(f"A {stage} batch needs `{key}`; got keys {sorted(batch)}.")
-    image, label = batch["image"], batch["label"]
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-        got = getattr(image, "dtype", type(image).__name__)
-        raise TypeError(f"`{stage} batch['image']` must be a float tensor, got {got}.")
-    if image.ndim != 4:
-        raise ValueError(
-            f"`{stage} batch['image']` must be [B, C, H, W], got shape {tuple(image.shape)}."
-        )
-    if not isinstance(label, torch.Tensor) or label.is_floating_point() or label.is_complex():
-        got = getattr(label, "dtype", type(label).__name__)
-        raise TypeError(
-            f"`{stage} batch['label']` must be an integer tensor [B] of class indices, got {got}."
-        )
-    if label.shape != image.shape[:1]:
-        raise ValueError(
-            f"`{stage} batch['label']` must have shape ({image.shape[0]},) (one class per "
-            f"image), got {tuple(label.shape)}."
-        )
-
-
-def named_parameter_groups(
-    parts: Mapping[str, nn.Module], exempt: Callable[[str, nn.Parameter], bool]
-) -> list[dict[str, Any]]:
-    """The trainable parameters of named parts, each split by weight decay; empty groups dropped.
-
-    Groups ``<part>`` and ``<part>_no_decay`` (``weight_decay=0``) per part, in order.
-
-    Example:
-        >>> groups = named_parameter_groups({"head": nn.Linear(2, 3)}, no_weight_decay)
-        >>> [(g["name"], len(g["params"])) for g in groups]
-        [('head', 1), ('head_no_decay', 1)]
-    """
-    groups = []
-    for part, module in parts.items():
-        decay, no_decay = decay_groups(
-            ((f"{part}.{n}", p) for n, p in module.named_parameters()), exempt
-        )
-        groups += [
-            {"params": decay, "name": part},
-            {"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay"},
-        ]
-    return [group for group in groups if group["params"]]
-
-
-def scale_backbone_lr(optimizer: torch.optim.Optimizer, scale: float) -> None:
-    """Multiply the learning rate of the groups named ``backbone*`` by ``scale`` (in place).
-
-    Example:
-        >>> opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "name": "backbone"}],
-        ...                       lr=0.5)
-        >>> scale_backbone_lr(opt, 0.1)
-        >>> opt.param_groups[0]["lr"]
-        0.05
-    """
-    for group in optimizer.param_groups:
-        if str(group.get("name", "")).startswith("backbone"):
-            group["lr"] = group["lr"] * scale
 
 
 def _accuracy_metrics(num_classes: int) -> dict[str, MulticlassAccuracy]:

@@ -14,14 +14,20 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-__all__ = ["decay_groups", "no_weight_decay", "scheduled_optimizer"]
+__all__ = [
+    "decay_groups",
+    "named_parameter_groups",
+    "no_weight_decay",
+    "scale_backbone_lr",
+    "scheduled_optimizer",
+]
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -138,3 +144,42 @@ def _leaves_total_steps_unset(factory: Any) -> bool:
 
     # OneCycleLR may get its length from `epochs` and `steps_per_epoch` instead
     return "total_steps" in parameters and unset("total_steps") and unset("epochs")
+
+
+def named_parameter_groups(
+    parts: Mapping[str, nn.Module], exempt: Callable[[str, nn.Parameter], bool]
+) -> list[dict[str, Any]]:
+    """The trainable parameters of named parts, each split by weight decay; empty groups dropped.
+
+    Groups ``<part>`` and ``<part>_no_decay`` (``weight_decay=0``) per part, in order.
+
+    Example:
+        >>> groups = named_parameter_groups({"head": nn.Linear(2, 3)}, no_weight_decay)
+        >>> [(g["name"], len(g["params"])) for g in groups]
+        [('head', 1), ('head_no_decay', 1)]
+    """
+    groups = []
+    for part, module in parts.items():
+        decay, no_decay = decay_groups(
+            ((f"{part}.{n}", p) for n, p in module.named_parameters()), exempt
+        )
+        groups += [
+            {"params": decay, "name": part},
+            {"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay"},
+        ]
+    return [group for group in groups if group["params"]]
+
+
+def scale_backbone_lr(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """Multiply the learning rate of the groups named ``backbone*`` by ``scale`` (in place).
+
+    Example:
+        >>> opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "name": "backbone"}],
+        ...                       lr=0.5)
+        >>> scale_backbone_lr(opt, 0.1)
+        >>> opt.param_groups[0]["lr"]
+        0.05
+    """
+    for group in optimizer.param_groups:
+        if str(group.get("name", "")).startswith("backbone"):
+            group["lr"] = group["lr"] * scale

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -21,14 +20,8 @@ from lightning_plugins.distributed import get_rank, get_world_size, global_sum, 
 from lightning_plugins.functional import COVARIANCE_KINDS, class_moments, statistics_from_moments
 from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
 from lightning_plugins.metrics import ContinualAccuracy
+from lightning_plugins.modules.backbone_module import BackboneModule, check_image_batch
 from lightning_plugins.modules.classifier_alignment import align_linear_classifier
-from lightning_plugins.modules.image_backbone import create_backbone, feature_size
-from lightning_plugins.modules.image_classifier import (
-    check_image_batch,
-    named_parameter_groups,
-    scale_backbone_lr,
-)
-from lightning_plugins.modules.optimizer_setup import no_weight_decay, scheduled_optimizer
 from lightning_plugins.modules.sample_weights import sample_reducer
 
 __all__ = ["SLCA", "reference_sgd"]
@@ -51,7 +44,7 @@ def reference_sgd(params: Iterable[Any]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
-class SLCA(pl.LightningModule):
+class SLCA(BackboneModule):
     """Slow learner with classifier alignment on a pretrained backbone, one head per task.
 
     Trains a class-incremental stream in one ``trainer.fit`` on a
@@ -182,11 +175,7 @@ class SLCA(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "step",
     ) -> None:
-        super().__init__()
-        image_size = check_int(image_size, "image_size", low=1)
-        in_channels = check_int(in_channels, "in_channels", low=1)
         check_float(label_smoothing, "label_smoothing", low=0, high=1, high_open=True)
-        backbone_lr_scale = check_float(backbone_lr_scale, "backbone_lr_scale", low=0)
         check_bool(classifier_alignment, "classifier_alignment")
         check_choice(covariance, "covariance", COVARIANCE_KINDS)
         for name in (
@@ -200,9 +189,16 @@ class SLCA(pl.LightningModule):
         check_float(logit_temperature, "logit_temperature", low=0, low_open=True)
         check_float(mean_shrink, "mean_shrink", low=0, high=1)
         check_int(seed, "seed", low=0)
-        check_choice(lr_scheduler_interval, "lr_scheduler_interval", ("step", "epoch"))
-        self.backbone = create_backbone(backbone, backbone_weights, in_channels)
-        self.feature_dim = feature_size(self.backbone, image_size, in_channels)
+        super().__init__(
+            backbone,
+            backbone_weights,
+            image_size,
+            in_channels,
+            backbone_lr_scale,
+            optimizer,
+            lr_scheduler,
+            lr_scheduler_interval,
+        )
         if covariance != "lowrank" and covariance_rank is not None:
             raise ValueError(
                 f"`covariance_rank` is only used with covariance='lowrank'; got "
@@ -217,11 +213,6 @@ class SLCA(pl.LightningModule):
             check_int(covariance_rank, "covariance_rank", low=1, high=self.feature_dim)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
         self.save_hyperparameters({"backbone": backbone if isinstance(backbone, str) else None})
-        if backbone_lr_scale == 0:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.val_accuracy, self.test_accuracy = MeanMetric(), MeanMetric()
         self.task_classes: tuple[tuple[int, ...], ...] | None = None
         self.accuracy_matrix_paths: tuple[str, str] | None = None
@@ -326,14 +317,6 @@ class SLCA(pl.LightningModule):
         self.ended_task.fill_(task)
 
     # ----------------------------------------------------------------- model
-    @override
-    def train(self, mode: bool = True) -> SLCA:
-        """Set train mode, keeping a frozen backbone (``backbone_lr_scale=0``) in eval mode."""
-        super().train(mode)
-        if self.hparams.backbone_lr_scale == 0:
-            self.backbone.eval()
-        return self
-
     def stream_logits(
         self, features: torch.Tensor, num_tasks: int, aligned: bool = True
     ) -> torch.Tensor:
@@ -422,23 +405,11 @@ class SLCA(pl.LightningModule):
                     param.grad = None
 
     # ------------------------------------------------------------ optimizer
-    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
-        """Whether a parameter is exempt from weight decay (ImageClassifier's rule)."""
-        return no_weight_decay(name, param)
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """``backbone``, ``backbone_no_decay``, ``heads``, ``heads_no_decay`` (trainable)."""
-        self._require_heads()
-        parts = {"backbone": self.backbone, "heads": self.heads}
-        return named_parameter_groups(parts, self.no_weight_decay)
-
     @override
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        scale_backbone_lr(optimizer, self.hparams.backbone_lr_scale)
-        return scheduled_optimizer(
-            optimizer, self.lr_scheduler_factory, self.hparams.lr_scheduler_interval, self
-        )
+    def head_modules(self) -> dict[str, nn.Module]:
+        """``heads``, all tasks' (groups ``heads`` and ``heads_no_decay``)."""
+        self._require_heads()
+        return {"heads": self.heads}
 
     # ------------------------------------------------------ class statistics
     def task_features(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
