@@ -7,6 +7,7 @@ from lightning_plugins.callbacks.data_diet import DataDiet
 from lightning_plugins.callbacks.ema_teacher import EMATeacher
 from lightning_plugins.callbacks.gradient_alignment_mixing import GradientAlignmentMixing
 from lightning_plugins.callbacks.held_out import MixtureData
+from lightning_plugins.callbacks.lines import LiNeS
 from lightning_plugins.callbacks.mixture_weights_plot import plot_mixture_weights
 from lightning_plugins.callbacks.online_mixing import OnlineMixing
 from lightning_plugins.callbacks.sample_protocols import ClassificationLogits, PerSampleLoss
@@ -28,6 +29,7 @@ __all__ = [
     "DataDiet",
     "EMATeacher",
     "GradientAlignmentMixing",
+    "LiNeS",
     "MixtureData",
     "OnlineMixing",
     "PerSampleLoss",

@@ -40,6 +40,7 @@ from lightning_plugins.functional.distillation import (
     soft_cross_entropy,
 )
 from lightning_plugins.functional.ema import ema_update_
+from lightning_plugins.functional.lines import lines_scale, merging_alpha, scale_update_
 from lightning_plugins.functional.mixing import (
     check_mixture_weights,
     dga_weights,
@@ -109,6 +110,8 @@ __all__ = [
     "image_text_distillation",
     "keyed_generator",
     "linear_pacing",
+    "lines_scale",
+    "merging_alpha",
     "normalized_logits",
     "per_sample_grad_norms",
     "prune_mask",
@@ -117,6 +120,7 @@ __all__ = [
     "retrieval_recall",
     "root_pacing",
     "sample_class_features",
+    "scale_update_",
     "shrink_old_means",
     "siglip_loss",
     "sigmoid_kl_rows",

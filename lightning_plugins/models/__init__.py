@@ -12,13 +12,23 @@ from lightning_plugins.models.image_text_model import (
     resolve_path,
     shipped_model_names,
 )
+from lightning_plugins.models.layer_blocks import (
+    BlockMapping,
+    block_lists,
+    block_positions,
+    layer_blocks,
+)
 from lightning_plugins.models.small_convnet import SmallConvNet
 
 __all__ = [
+    "BlockMapping",
     "ImageTextTowers",
     "SmallConvNet",
+    "block_lists",
+    "block_positions",
     "create_image_text_model",
     "create_tokenizer",
+    "layer_blocks",
     "list_model_names",
     "resolve_path",
     "shipped_model_names",
