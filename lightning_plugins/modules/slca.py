@@ -444,6 +444,14 @@ class SLCA(BackboneModule):
     def _store_statistics(self, task: int) -> None:
         classes = self.task_classes[task]
         features, labels = self.task_features(task)
+        # summed over ranks first, so that every rank raises (none waits in a collective)
+        non_finite = int(global_sum((~features.isfinite().all(dim=1)).sum()))
+        if non_finite:
+            raise ValueError(
+                f"SLCA: {non_finite} sample(s) of task {task} have non-finite backbone features "
+                "(NaN or inf), so the class statistics would be NaN; check the model (a "
+                "diverged backbone) or the data of that task."
+            )
         kind = self.hparams.covariance
         moments = {
             k: global_sum(v) for k, v in class_moments(features, labels, classes, kind).items()

@@ -338,3 +338,13 @@ def test_a_label_outside_the_current_task(tmp_path):
         module.per_sample_loss(batch)
     with pytest.raises(RuntimeError, match="SLCA has no heads yet"):
         slca().on_task_start(0)
+
+
+def test_non_finite_features_stop_the_statistics(tmp_path):
+    module = slca(task_classes=TASKS)
+    with torch.no_grad():
+        module.backbone.net[1].weight[0, 0] = float("nan")  # every feature NaN after batch norm
+    with pytest.raises(
+        ValueError, match=r"sample\(s\) of task 0 have non-finite backbone features"
+    ):
+        trainer(tmp_path, max_epochs=3).fit(module, datamodule=Blobs())
