@@ -56,6 +56,7 @@ from lightning_plugins.functional.pacing import (
     step_pacing,
 )
 from lightning_plugins.functional.random_streams import keyed_generator
+from lightning_plugins.functional.rank_gates import proximal_strength, soft_threshold_
 from lightning_plugins.functional.retrieval import retrieval_recall
 from lightning_plugins.functional.sample_scores import (
     check_scores,
@@ -114,6 +115,7 @@ __all__ = [
     "merging_alpha",
     "normalized_logits",
     "per_sample_grad_norms",
+    "proximal_strength",
     "prune_mask",
     "resolve_pacing",
     "resolve_schedule",
@@ -127,6 +129,7 @@ __all__ = [
     "sigmoid_row_loss",
     "skill_it_weights",
     "soft_cross_entropy",
+    "soft_threshold_",
     "softmax_row_loss",
     "statistics_from_moments",
     "step_pacing",

@@ -18,18 +18,38 @@ from lightning_plugins.models.layer_blocks import (
     block_positions,
     layer_blocks,
 )
+from lightning_plugins.models.lora_adapters import (
+    RankGate,
+    active_ranks,
+    adapter_parameter_count,
+    add_gated_lora,
+    gates,
+    lora_targets,
+    merge_lora_,
+    parameter_count,
+    prune_ranks_,
+)
 from lightning_plugins.models.small_convnet import SmallConvNet
 
 __all__ = [
     "BlockMapping",
     "ImageTextTowers",
+    "RankGate",
     "SmallConvNet",
+    "active_ranks",
+    "adapter_parameter_count",
+    "add_gated_lora",
     "block_lists",
     "block_positions",
     "create_image_text_model",
     "create_tokenizer",
+    "gates",
     "layer_blocks",
     "list_model_names",
+    "lora_targets",
+    "merge_lora_",
+    "parameter_count",
+    "prune_ranks_",
     "resolve_path",
     "shipped_model_names",
 ]
