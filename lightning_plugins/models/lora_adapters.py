@@ -413,7 +413,8 @@ def prune_ranks_(model: nn.Module) -> dict[str, int]:
 
     The rows of ``A``, the columns of ``B`` and the entries of the gate of those ranks are
     dropped (peft's scale ``alpha / rank`` stays that of the adapter as created), so the
-    forward is unchanged: the removed terms were exact zeros. A layer whose gates are all
+    forward is unchanged: the removed terms were exact zeros (up to float rounding, about
+    1e-7 here, since the shorter matmuls may sum in another order). A layer whose gates are all
     zero keeps an adapter of rank 0. New ``Parameter`` objects replace the pruned ones, so an
     optimizer holding the old ones must be rebuilt (prune at the end of a task).
 
