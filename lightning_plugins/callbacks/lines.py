@@ -32,7 +32,7 @@ from lightning_plugins.functional._checks import (
     load_checkpoint,
 )
 from lightning_plugins.functional.lines import lines_scale, merging_alpha, scale_update_
-from lightning_plugins.models.layer_blocks import BlockMapping, block_positions
+from lightning_plugins.models.layer_blocks import BlockMapping, block_lists, block_positions
 
 __all__ = ["LiNeS"]
 
@@ -93,12 +93,13 @@ class LiNeS(Callback):
     from the next update on. At fit end the average is untouched, so ``trainer.test``
     with ``validate_with="ema"`` tests the unscaled average; to scale it, export it
     and use :func:`~lightning_plugins.functional.scale_update_` with the scales of
-    :meth:`scales`.
+    :attr:`last_scales`.
 
     **Logged.** Once per application: the scale of every block (``rank_zero_info``, and
     :attr:`last_scales`) and the L2 norms of ``tau`` over all scaled parameters before
     and after, as ``lines/tau_norm_before``, ``lines/tau_norm_after`` and ``lines/alpha``
-    to the trainer's loggers.
+    to the trainer's loggers. The names of :attr:`last_scales` are the block lists'
+    (``"mapping"`` for a user mapping).
 
     **Resume.** The state holds the reference by parameter name (tensors), the number of
     applications and the settings (``alpha``, ``beta``, ``at``): a resumed fit scales
@@ -125,12 +126,22 @@ class LiNeS(Callback):
 
     Example:
         >>> import timm
-        >>> from lightning_plugins.models import block_positions
-        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
-        ...                         patch_size=8, depth=3, embed_dim=16, num_heads=2)
+        >>> class ViT(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.vit = timm.create_model("vit_tiny_patch16_224", img_size=32,
+        ...             patch_size=8, depth=3, embed_dim=16, num_heads=2, num_classes=10)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return self.vit(batch).logsumexp(1).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
         >>> lines = LiNeS(alpha=0.4, beta=0.6)
-        >>> lines.scales(block_positions(vit))
-        {'blocks': [0.4, 0.7, 1.0]}
+        >>> trainer = pl.Trainer(max_steps=2, callbacks=[lines], logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False,
+        ...     enable_model_summary=False)
+        >>> trainer.fit(ViT(), torch.utils.data.DataLoader(torch.randn(4, 3, 32, 32), 2))
+        >>> lines.last_scales  # per block of each stack; alpha outside the blocks
+        {'vit.blocks': [0.4, 0.7, 1.0]}
         >>> LiNeS(alpha=0.5, beta=-0.7)
         Traceback (most recent call last):
         ...
@@ -190,7 +201,8 @@ class LiNeS(Callback):
         self.applied = 0
         self.last_scales: dict[str, list[float]] = {}
         self._store: AveragedTensors | None = None  # theta_0 on the CPU
-        self._positions: list[tuple[int, int] | None] = []
+        self._positions: list[tuple[int, int] | None] = []  # (block, depth) per parameter
+        self._stacks: list[str] = []  # the block list of each parameter
         self._pending: dict[str, Any] | None = None  # a checkpoint's state, before the store
         self._trainer: pl.Trainer | None = None
 
@@ -202,23 +214,14 @@ class LiNeS(Callback):
         """
         return parameter.is_floating_point()
 
-    def scales(
-        self, positions: Mapping[str, tuple[int, int] | None], alpha: float | None = None
-    ) -> dict[str, list[float]]:
-        """The scale of every block of every stack in ``positions`` (named after a member).
-
-        The stack's name is the common prefix of its first block's parameters; ``alpha``
-        defaults to the callback's.
-        """
-        alpha = self.alpha if alpha is None else alpha
+    def _scales(self, alpha: float) -> dict[str, list[float]]:
+        """The scale of every block of every stack (a block list's name, or ``"mapping"``)."""
         stacks: dict[str, list[float]] = {}
-        for name, position in positions.items():
-            if position is None:
-                continue
-            index, depth = position
-            stack = "mapping" if self.blocks is not None else _stack_name(name, index)
-            if stack not in stacks:
-                stacks[stack] = [round(float(s), 6) for s in lines_scale(depth, alpha, self.beta)]
+        for stack, position in zip(self._stacks, self._positions, strict=True):
+            if position is not None and stack not in stacks:
+                stacks[stack] = [
+                    round(s, 6) for s in lines_scale(position[1], alpha, self.beta).tolist()
+                ]
         return stacks
 
     # ------------------------------------------------------------------ state
@@ -301,6 +304,7 @@ class LiNeS(Callback):
         if not named:
             raise ValueError(f"LiNeS found no parameters to scale in {type(pl_module).__name__}.")
         positions = block_positions(pl_module, self.blocks)
+        lists = [] if self.blocks is not None else list(block_lists(pl_module))
         dtensors = any(is_dtensor(p) for _, p in named)
         sharded = dtensors or isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy)
         if sharded and self.merging is not None:
@@ -316,6 +320,10 @@ class LiNeS(Callback):
             )
         self._store = AveragedTensors(pl_module, paths, torch.device("cpu"), None, sharded)
         self._positions = [positions[path] for path in paths]
+        self._stacks = [
+            next((name for name in lists if path.startswith(name + ".")), "mapping")
+            for path in paths
+        ]
         if self._pending is not None:
             self._apply_pending()
         elif self.reference is not None:
@@ -324,7 +332,7 @@ class LiNeS(Callback):
                 state = state["state_dict"]
             self._load(state, f"`reference`={self.reference!r}")
         if self.alpha is not None:
-            scales = self.scales(dict(zip(paths, self._positions, strict=True)))
+            scales = self._scales(self.alpha)
             rank_zero_info(f"LiNeS: scales per block {scales}, alpha={self.alpha} elsewhere.")
         rank_zero_info(
             f"LiNeS: keeping the reference of {len(paths)} parameters on the CPU "
@@ -370,7 +378,7 @@ class LiNeS(Callback):
         after = self._tau_norm(live, reference)
         self.applied += 1
         paths = store.paths
-        self.last_scales = self.scales(dict(zip(paths, self._positions, strict=True)), alpha)
+        self.last_scales = self._scales(alpha)
         rank_zero_info(
             f"LiNeS at {where}: scaled the update of {len(paths)} parameters; scales per block "
             f"{self.last_scales}, alpha={alpha:.4g} elsewhere; ||tau||_2 {before:.4g} -> "
@@ -429,12 +437,3 @@ def _check_scales(alpha: float, beta: float) -> None:
             f"negative LiNeS scale alpha + beta = {alpha + beta:.4g}; both alpha and "
             "alpha + beta must be >= 0."
         )
-
-
-def _stack_name(name: str, index: int) -> str:
-    """The block list of parameter ``name`` in block ``index`` (``blocks.3.x`` -> ``blocks``)."""
-    parts = name.split(".")
-    for position in range(len(parts) - 1, -1, -1):
-        if parts[position] == str(index):
-            return ".".join(parts[:position]) or "<root>"
-    return "<mapping>"

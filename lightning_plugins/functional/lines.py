@@ -77,7 +77,8 @@ def scale_update_(
     ``references`` (the ``theta_0``) may live on another device (the CPU) and in another
     dtype: each is moved to its tensor one at a time, so no second full copy of the weights
     is made on the tensors' device. Low-precision tensors (``float16``, ``bfloat16``) are
-    computed in ``float32`` and rounded once.
+    computed in ``float32`` and rounded once. A scale of 1 leaves the tensor bitwise as it is,
+    a scale of 0 makes it the reference exactly.
 
     Args:
         tensors: the fine-tuned tensors ``theta``, changed in place.
@@ -106,6 +107,11 @@ def scale_update_(
                 f"`references`[{index}] has shape {tuple(reference.shape)}, its tensor "
                 f"{tuple(tensor.shape)}."
             )
+        if scale == 1:  # exactly the tensor (the formula would round)
+            continue
+        if scale == 0:
+            tensor.copy_(reference)
+            continue
         work = torch.promote_types(tensor.dtype, torch.float32)
         start = reference.to(device=tensor.device, dtype=work)
         tensor.copy_(start + float(scale) * (tensor.to(work) - start))

@@ -50,6 +50,10 @@ def test_scale_update_low_precision_and_other_reference_dtype():
     scale_update_(theta, theta_0, [0.5])
     assert theta[0].dtype == torch.bfloat16
     assert theta[0].tolist() == [0.5, 2.0, 0.0]
+    exact = [torch.tensor([0.1, 0.7]), torch.tensor([0.3])]
+    scale_update_(exact, [torch.tensor([0.2, 0.5]), torch.tensor([0.9])], [1.0, 0.0])
+    assert exact[0].tolist() == torch.tensor([0.1, 0.7]).tolist()  # scale 1: bitwise kept
+    assert exact[1].tolist() == torch.tensor([0.9]).tolist()  # scale 0: the reference
     unchanged = [torch.tensor([4.0])]
     scale_update_(unchanged, [torch.tensor([4.0])], [0.3])  # tau = 0 stays exact
     assert unchanged[0].item() == 4.0
