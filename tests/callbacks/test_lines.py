@@ -3,14 +3,18 @@ ends of a stream, exact resume, EMATeacher alongside, merging, bad input."""
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from lightning_plugins.callbacks import EMATeacher, LiNeS
 from lightning_plugins.datamodules import ClassIncremental, Digits
+from tests.helpers import free_port, run_ddp
 
 DEPTH = 3
 
@@ -269,3 +273,97 @@ def test_bad_input_at_fit_start(tmp_path):
     fit = make_trainer(tmp_path, [LiNeS(0.5, 0.5, reference=partial)], max_steps=1)
     with pytest.raises(ValueError, match=r"`reference`=.* lacks 9 of the 10 scaled parameters"):
         fit.fit(Blocky(), digits())
+
+
+class Metrics(Logger):
+    """Keeps what is logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "metrics"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_norms_of_tau_are_logged(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module, record, logger = Blocky(), Record(), Metrics()
+    fit = make_trainer(tmp_path, [record, LiNeS(0.5, 0.5)], max_steps=2, logger=logger)
+    fit.fit(module, digits())
+    step, metrics = logger.logged[-1]
+    assert step == 2 and set(metrics) == {
+        "lines/tau_norm_before",
+        "lines/tau_norm_after",
+        "lines/alpha",
+    }
+    norm = lambda weights: sum(  # noqa: E731
+        (weights[k] - record.start[k]).double().square().sum() for k in weights
+    ).sqrt()
+    assert metrics["lines/tau_norm_before"] == pytest.approx(float(norm(record.end)), rel=1e-6)
+    assert metrics["lines/tau_norm_after"] == pytest.approx(float(norm(copy(module))), rel=1e-6)
+    assert metrics["lines/alpha"] == 0.5
+
+
+# ------------------------------------------------------------------------------- DDP
+class Batches(Blocky):
+    """Blocky, keeping the batches it trained on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append({k: batch[k].clone() for k in ("image", "label")})
+        return super().training_step(batch, batch_idx)
+
+
+def _ddp_fit(rank, world_size, port, root):
+    os.environ.update(
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # Lightning joins the process group that run_ddp started
+    pl.seed_everything(0, verbose=False)
+    module = Batches()
+    fit = make_trainer(
+        root,
+        [LiNeS(0.2, 0.6)],
+        devices=world_size,
+        strategy="ddp",
+        max_steps=3,
+        limit_val_batches=0,
+    )
+    fit.fit(module, digits())
+    return {"weights": copy(module), "seen": module.seen}
+
+
+@pytest.mark.ddp
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+def test_ddp_equals_one_process_on_the_global_batch(tmp_path):
+    a, b = run_ddp(_ddp_fit, free_port(), str(tmp_path))
+    for name, value in a["weights"].items():
+        assert torch.equal(value, b["weights"][name]), name
+    glob = [
+        {k: torch.cat([x[k], y[k]]) for k in x} for x, y in zip(a["seen"], b["seen"], strict=True)
+    ]
+    pl.seed_everything(0, verbose=False)
+    single = Blocky()
+    loader = torch.utils.data.DataLoader(glob, batch_size=None)
+    fit = make_trainer(tmp_path, [LiNeS(0.2, 0.6)], max_steps=3, limit_val_batches=0)
+    fit.fit(single, loader)
+    for name, value in copy(single).items():
+        torch.testing.assert_close(value, a["weights"][name], rtol=1e-5, atol=1e-6, msg=name)
