@@ -33,6 +33,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def join_lightning(rank: int, world_size: int, port: int) -> None:
+    """Let a Lightning ``Trainer(strategy="ddp")`` in a :func:`run_ddp` process join its group.
+
+    Lightning reads the rank and the world from these variables and, finding the default
+    process group initialised, joins it instead of starting another.
+    """
+    os.environ.update(
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+
+
 def _serve(rank: int, world_size: int, port: int, tasks: Any, replies: Any) -> None:
     """A pool process: join the group, then run each task sent until told to stop."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")

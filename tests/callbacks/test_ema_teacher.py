@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_plugins.callbacks import EMATeacher, TeacherView
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 
 AVERAGED = {
     "net.0.weight",
@@ -698,13 +698,7 @@ def _distributed(rank, world_size, port, root):
 
 
 def _ddp_fit(rank, world_size, port, root):
-    os.environ.update(
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )  # Lightning joins the process group that run_ddp started
+    join_lightning(rank, world_size, port)
     torch.manual_seed(0)
     ema = EMATeacher(decay=0.8, validate_with="ema")
     recorder = Recorder()

@@ -3,8 +3,6 @@ ends of a stream, exact resume, EMATeacher alongside, merging, bad input."""
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -14,7 +12,7 @@ from torch import nn
 
 from lightning_plugins.callbacks import EMATeacher, LiNeS
 from lightning_plugins.datamodules import ClassIncremental, Digits
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 
 DEPTH = 3
 
@@ -330,13 +328,7 @@ class Batches(Blocky):
 
 
 def _ddp_fit(rank, world_size, port, root):
-    os.environ.update(
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )  # Lightning joins the process group that run_ddp started
+    join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     module = Batches()
     fit = make_trainer(

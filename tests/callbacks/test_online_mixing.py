@@ -156,19 +156,12 @@ def test_estimated_graph_links_skills_that_share_labels(tmp_path):
 
 
 def _ddp_mixing(rank, world_size, port, root, kind):
-    import os
-
     import lightning.pytorch as pl
 
     from tests.callbacks.steering import UserClassifier
+    from tests.helpers import join_lightning
 
-    os.environ.update(
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     if kind == "skill_it":
         callback = SkillIt(

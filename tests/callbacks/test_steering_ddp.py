@@ -1,7 +1,6 @@
 """Curriculum and DataDiet under 2-process DDP (gloo): the ranks agree on every decision."""
 
 import math
-import os
 
 import lightning.pytorch as pl
 import pytest
@@ -18,7 +17,7 @@ from tests.callbacks.steering import (
     UserClassifier,
     net_at,
 )
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 
 
 class Record(Callback):
@@ -34,13 +33,7 @@ class Record(Callback):
 
 
 def _fit(rank, world_size, port, root):
-    os.environ.update(
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )  # Lightning joins the process group that run_ddp started
+    join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     snapshots = Snapshots()
     diet = DataDiet(score="el2n", score_epoch=1, prune=0.25, plot=False, save_dir=root)

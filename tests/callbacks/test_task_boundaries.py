@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -13,7 +11,7 @@ from lightning_plugins.callbacks import TaskBoundaries
 from lightning_plugins.callbacks.task_boundaries import TaskHooks, ensure_task_boundaries
 from lightning_plugins.datamodules import ClassIncremental, Digits
 from tests.datamodules.test_class_incremental import Tiny
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 
 STEPS = 3  # steps_per_task of the resume tests
 
@@ -152,13 +150,7 @@ def test_resume_gives_the_same_batches_weights_and_no_repeated_hook(uninterrupte
 
 # ------------------------------------------------------------------------------- DDP
 def _ddp_fit(rank, world_size, port, root):
-    os.environ.update(
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )  # Lightning joins the process group that run_ddp started
+    join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     module = HookModule()
     fit = pl.Trainer(

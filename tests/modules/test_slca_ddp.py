@@ -4,13 +4,11 @@ matrix."""
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 from tests.modules.test_slca import TASKS, Blobs, slca, trainer
 
 KEYS = ("class_mean", "class_covariance", "has_statistics", "aligned_weight", "aligned_bias")
@@ -18,13 +16,7 @@ KEYS = ("class_mean", "class_covariance", "has_statistics", "aligned_weight", "a
 
 def _fit(rank: int, world_size: int, port: int, root: str) -> dict:
     if world_size > 1:
-        os.environ.update(
-            LOCAL_RANK=str(rank),
-            NODE_RANK="0",
-            WORLD_SIZE=str(world_size),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )  # Lightning joins the process group that run_ddp started
+        join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     # a linear probe with alignment; heads built here, after the seed, the same everywhere
     module = slca(backbone_lr_scale=0, covariance="full", task_classes=TASKS[:2])
