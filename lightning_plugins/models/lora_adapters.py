@@ -29,8 +29,9 @@ once. LoRA dropout does not apply to attention targets (as in peft's layer).
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -47,9 +48,11 @@ __all__ = [
     "RankGate",
     "active_ranks",
     "adapter_parameter_count",
+    "adapter_parameters",
     "add_gated_lora",
     "gates",
     "lora_targets",
+    "merge_and_reset_",
     "merge_lora_",
     "parameter_count",
     "prune_ranks_",
@@ -497,6 +500,21 @@ def merge_lora_(model: nn.Module) -> nn.Module:
     return model
 
 
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The adapter parameters (``A``, ``B`` and gates) of ``model``, in module order.
+
+    Example:
+        >>> layer = add_gated_lora(nn.Sequential(nn.Linear(3, 5)), ["0"], rank=2)
+        >>> [tuple(p.shape) for p in adapter_parameters(layer)]
+        [(2, 3), (2,), (5, 2)]
+    """
+    return [
+        parameter
+        for name, parameter in model.named_parameters()
+        if ".lora_A." in f".{name}" or ".lora_B." in f".{name}"
+    ]
+
+
 def adapter_parameter_count(model: nn.Module) -> int:
     """The number of adapter parameters (``A``, ``B`` and gates) in ``model``.
 
@@ -504,11 +522,83 @@ def adapter_parameter_count(model: nn.Module) -> int:
         >>> adapter_parameter_count(add_gated_lora(nn.Sequential(nn.Linear(3, 5)), ["0"], rank=2))
         18
     """
-    return sum(
-        parameter.numel()
-        for name, parameter in model.named_parameters()
-        if ".lora_A." in f".{name}" or ".lora_B." in f".{name}"
-    )
+    return sum(parameter.numel() for parameter in adapter_parameters(model))
+
+
+@torch.no_grad()
+def merge_and_reset_(
+    model: nn.Module,
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Fold every adapter's ``ΔW`` into its base weights and reset the same adapters, in place.
+
+    The continual-learning form of :func:`merge_lora_`: each adapted layer's base weight
+    becomes ``W + (alpha / rank) * B diag(w) A`` (peft's merge, in place: the base
+    ``Parameter`` objects stay), then the adapter's own parameters are reset as peft
+    initialises them (``A`` Kaiming-uniform with ``a = sqrt(5)``, ``B = 0``, gates ``1``),
+    so the forward is unchanged (up to float rounding) and training continues on fresh
+    adapters. No ``Parameter`` is created or removed: a DDP wrapper and an optimizer keep
+    holding the same objects; the optimizers' state of the adapter parameters (Adam's
+    moments and step, SGD's momentum) is dropped, so each optimizer starts them afresh.
+    Ranks with a zero gate contribute nothing to ``ΔW``: folding them is pruning them. Read
+    :func:`active_ranks` before calling this; afterwards every gate is ``1`` again.
+
+    Args:
+        model: a model with adapters from :func:`add_gated_lora`.
+        optimizers: optimizers whose state of the adapter parameters is cleared.
+        generator: the CPU generator that draws the new ``A`` (``None``: torch's global
+            one); ``A`` is drawn on the CPU and copied, so a seeded generator gives the same
+            adapters on every device and every process.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: for a model without adapters.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> layer = add_gated_lora(nn.Sequential(nn.Linear(3, 3)), ["0"], rank=2)
+        >>> _ = layer[0].lora_B["default"].weight.data.fill_(0.5)
+        >>> x = torch.randn(4, 3)
+        >>> before = layer(x)
+        >>> base = layer[0].get_base_layer().weight
+        >>> merge_and_reset_(layer) is layer, layer[0].get_base_layer().weight is base
+        (True, True)
+        >>> torch.allclose(layer(x), before, atol=1e-6)
+        True
+        >>> float(layer[0].lora_B["default"].weight.detach().abs().sum()), gates(layer)["0"].tolist()
+        (0.0, [1.0, 1.0])
+    """
+    tuners = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    if not any(ADAPTER in layer.lora_A for _, layer in tuners):
+        raise ValueError(
+            "`model` has no LoRA adapters to merge and reset; add them with `add_gated_lora`."
+        )
+    names = [name for name, _ in tuners]
+    for name, layer in tuners:  # the outermost layers: a MultiheadAttention merges its out_proj
+        if ADAPTER in layer.lora_A and not any(
+            name.startswith(other + ".") for other in names if other != name
+        ):
+            layer.merge(adapter_names=[ADAPTER])
+    for _, layer in tuners:  # merged into the base weights for good: nothing to unmerge
+        layer.merged_adapters.clear()
+    for _, layer in _lora_layers(model):
+        lora_a = layer.lora_A[ADAPTER]
+        rank_gate = _rank_gate(layer)
+        weight = lora_a.weight if rank_gate is None else lora_a.parametrizations.weight.original
+        fresh = torch.empty(weight.shape, dtype=weight.dtype, device="cpu")
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)  # peft's init
+        weight.copy_(fresh)
+        layer.lora_B[ADAPTER].weight.zero_()
+        if rank_gate is not None:
+            rank_gate.gate.fill_(1.0)
+    parameters = adapter_parameters(model)
+    for optimizer in optimizers:
+        for parameter in parameters:
+            optimizer.state.pop(parameter, None)
+    return model
 
 
 def parameter_count(model: nn.Module) -> int:
