@@ -568,7 +568,8 @@ def merge_and_reset_(
         (True, True)
         >>> torch.allclose(layer(x), before, atol=1e-6)
         True
-        >>> float(layer[0].lora_B["default"].weight.detach().abs().sum()), gates(layer)["0"].tolist()
+        >>> lora_b = layer[0].lora_B["default"].weight.detach()
+        >>> lora_b.abs().sum().item(), gates(layer)["0"].tolist()
         (0.0, [1.0, 1.0])
     """
     tuners = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]

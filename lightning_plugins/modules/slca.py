@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,11 +22,18 @@ from lightning_plugins.functional._checks import check_bool, check_choice, check
 from lightning_plugins.metrics import ContinualAccuracy
 from lightning_plugins.modules.backbone_module import BackboneModule, check_image_batch
 from lightning_plugins.modules.classifier_alignment import align_linear_classifier
+from lightning_plugins.modules.continual_parts import (
+    check_task_labels,
+    checked_task_classes,
+    log_continual_summaries,
+    save_accuracy_matrix,
+    seen_positions,
+    stream_class_maps,
+)
 from lightning_plugins.modules.sample_weights import sample_reducer
 
 __all__ = ["SLCA", "reference_sgd"]
 
-_SUMMARIES = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer")
 _STATISTICS = {
     "full": ("covariance",),
     "diagonal": ("variance",),
@@ -217,29 +224,22 @@ class SLCA(BackboneModule):
         self.task_classes: tuple[tuple[int, ...], ...] | None = None
         self.accuracy_matrix_paths: tuple[str, str] | None = None
         if task_classes is not None:
-            self._build_heads(_checked_task_classes(task_classes))
+            self._build_heads(checked_task_classes(task_classes))
 
     # ----------------------------------------------------------------- stream
     def _build_heads(self, task_classes: tuple[tuple[int, ...], ...]) -> None:
         """Heads, class maps, task buffers, statistics buffers and the accuracy matrix."""
         self.task_classes = task_classes
         sizes = [len(classes) for classes in task_classes]
-        self.offsets = [sum(sizes[:t]) for t in range(len(sizes) + 1)]
-        total, dim = self.offsets[-1], self.feature_dim
         device = next(iter(self.backbone.parameters()), torch.empty(0)).device
+        self.offsets, maps = stream_class_maps(task_classes, device)
+        total, dim = self.offsets[-1], self.feature_dim
         self.heads = nn.ModuleList(_head(dim, size).to(device) for size in sizes)
-        order = [c for classes in task_classes for c in classes]
-        lookup = max(order) + 1
-        position, task_of = torch.full((lookup,), -1), torch.full((lookup,), -1)
-        for t, classes in enumerate(task_classes):
-            for slot, c in enumerate(classes):
-                position[c], task_of[c] = self.offsets[t] + slot, t
         long = {"dtype": torch.long, "device": device}
-        buffers = {
-            "class_order": (torch.tensor(order, **long), False),  # stream position -> class
-            "class_position": (position.to(device), False),  # class -> stream position, -1
-            "class_task": (task_of.to(device), False),  # class -> task, -1
-            "position_task": (torch.tensor(_task_of_positions(sizes), **long), False),
+        # class_order: stream position -> class; class_position / class_task: class ->
+        # stream position / task (-1 for none); position_task: stream position -> task
+        buffers = {name: (value, False) for name, value in maps.items()}
+        buffers |= {
             "current_task": (torch.tensor(0, **long), True),
             "ended_task": (torch.tensor(-1, **long), True),  # last task whose end ran
         }
@@ -351,24 +351,7 @@ class SLCA(BackboneModule):
     def _check_training_batch(self, batch: dict[str, Any], task: int) -> None:
         """Every label in ``task``'s classes and every ``batch['task']`` equal to ``task``."""
         check_image_batch(batch, "train")
-        label = batch["label"]
-        inside = (label >= 0) & (label < self.class_task.numel())
-        ok = inside & (self.class_task[label.clamp(0, self.class_task.numel() - 1)] == task)
-        batch_task = batch.get("task")
-        task_ok = True if batch_task is None else bool((batch_task == task).all())
-        if not bool(ok.all()):
-            bad = int(label[~ok][0])
-            raise ValueError(
-                f"`train batch['label']` holds class {bad}, which is not in the current task "
-                f"{task} (classes {list(self.task_classes[task])}): SLCA trains one task at a "
-                "time; check that the datamodule's training batches follow its task_classes."
-            )
-        if not task_ok:
-            other = int(batch_task[batch_task != task][0])
-            raise ValueError(
-                f"`train batch['task']` holds task {other} while task {task} trains; the "
-                "datamodule's epochs and the task hooks disagree."
-            )
+        check_task_labels(batch, task, self.class_task, self.task_classes, "SLCA")
 
     def classification_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The current task head's logits ``[B, k_t]`` and the labels' positions in it."""
@@ -506,14 +489,9 @@ class SLCA(BackboneModule):
         """Loss and accuracy of a batch over the classes of tasks ``0..num_tasks-1``."""
         check_image_batch(batch, stage)
         label = batch["label"]
-        inside = (label >= 0) & (label < self.class_position.numel())
-        position = self.class_position[label.clamp(0, self.class_position.numel() - 1)]
-        known = inside & (position >= 0) & (position < self.offsets[num_tasks])
-        if not bool(known.all()):
-            raise ValueError(
-                f"`{stage} batch['label']` holds class {int(label[~known][0])}, which is in "
-                f"none of the tasks 0..{num_tasks - 1} that SLCA evaluates (the tasks seen)."
-            )
+        position = seen_positions(
+            label, self.class_position, self.offsets, num_tasks, stage, "SLCA"
+        )
         logits = self.stream_logits(self.backbone(batch["image"]), num_tasks)
         loss = F.cross_entropy(logits, position)
         self.log(f"{stage}/loss", loss, batch_size=label.shape[0], sync_dist=True)
@@ -545,18 +523,15 @@ class SLCA(BackboneModule):
         self.val_accuracy.reset()
         if self.trainer.sanity_checking or int(self.ended_task) != int(self.current_task):
             return
-        result = self.continual_accuracy.compute()  # every rank: syncs under DDP
-        for name in _SUMMARIES:
-            self.log(f"val/{name}", result[name].float(), sync_dist=True)
+        log_continual_summaries(self, self.continual_accuracy)  # every rank: syncs under DDP
 
     @override
     def on_fit_end(self) -> None:
         if self.task_classes is None:
             return
-        result = self.continual_accuracy.compute()
-        folder = self.trainer.log_dir or self.trainer.default_root_dir
-        if self.trainer.is_global_zero:
-            self.accuracy_matrix_paths = self.continual_accuracy.save(folder, result)
+        paths = save_accuracy_matrix(self, self.continual_accuracy)
+        if paths is not None:
+            self.accuracy_matrix_paths = paths
 
     @override
     def on_test_epoch_start(self) -> None:
@@ -578,34 +553,3 @@ def _head(dim: int, size: int) -> nn.Linear:
     nn.init.trunc_normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
     return head
-
-
-def _task_of_positions(sizes: Sequence[int]) -> list[int]:
-    return [t for t, size in enumerate(sizes) for _ in range(size)]
-
-
-def _checked_task_classes(task_classes: Any) -> tuple[tuple[int, ...], ...]:
-    """``task_classes`` as tuples: non-empty, disjoint lists of non-negative class ids."""
-    if isinstance(task_classes, str | bytes) or not isinstance(task_classes, Sequence):
-        raise TypeError(
-            f"`task_classes` must be a list of lists of class ids, got {task_classes!r}."
-        )
-    if not task_classes:
-        raise ValueError("`task_classes` must hold at least one task, got none.")
-    owner: dict[int, int] = {}
-    checked = []
-    for t, classes in enumerate(task_classes):
-        if isinstance(classes, str | bytes) or not isinstance(classes, Sequence):
-            raise TypeError(f"`task_classes[{t}]` must be a list of class ids, got {classes!r}.")
-        if not classes:
-            raise ValueError(f"`task_classes[{t}]` is empty: every task needs a class.")
-        ids = tuple(check_int(c, f"task_classes[{t}][{i}]", low=0) for i, c in enumerate(classes))
-        for c in ids:
-            if c in owner:
-                raise ValueError(
-                    f"`task_classes`: tasks must not overlap, but class {c} is in task "
-                    f"{owner[c]} and task {t}."
-                )
-            owner[c] = t
-        checked.append(ids)
-    return tuple(checked)

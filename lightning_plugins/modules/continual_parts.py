@@ -1,0 +1,206 @@
+"""What the continual-learning modules (SLCA, LoRAContinual) share about a task stream.
+
+The checked ``task_classes``, the class maps between class ids and stream positions, the
+check that a training batch belongs to the current task, the positions of evaluated labels
+among the classes seen, and the :class:`~lightning_plugins.metrics.ContinualAccuracy`
+summaries logged after a task's end and its matrix saved at the end of ``fit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_plugins.functional._checks import check_int
+from lightning_plugins.metrics import ContinualAccuracy
+
+__all__ = [
+    "CONTINUAL_SUMMARIES",
+    "check_task_labels",
+    "checked_task_classes",
+    "log_continual_summaries",
+    "save_accuracy_matrix",
+    "seen_positions",
+    "stream_class_maps",
+]
+
+CONTINUAL_SUMMARIES = (
+    "average_accuracy",
+    "average_incremental_accuracy",
+    "forgetting",
+    "backward_transfer",
+)
+"""The ContinualAccuracy summaries logged as ``val/<name>`` after a task's end."""
+
+
+def checked_task_classes(task_classes: Any) -> tuple[tuple[int, ...], ...]:
+    """``task_classes`` as tuples: non-empty, disjoint lists of non-negative class ids.
+
+    Example:
+        >>> checked_task_classes([[3, 1], [0]])
+        ((3, 1), (0,))
+        >>> checked_task_classes([[3, 1], [1]])
+        Traceback (most recent call last):
+        ...
+        ValueError: `task_classes`: tasks must not overlap, but class 1 is in task 0 and task 1.
+    """
+    if isinstance(task_classes, str | bytes) or not isinstance(task_classes, Sequence):
+        raise TypeError(
+            f"`task_classes` must be a list of lists of class ids, got {task_classes!r}."
+        )
+    if not task_classes:
+        raise ValueError("`task_classes` must hold at least one task, got none.")
+    owner: dict[int, int] = {}
+    checked = []
+    for t, classes in enumerate(task_classes):
+        if isinstance(classes, str | bytes) or not isinstance(classes, Sequence):
+            raise TypeError(f"`task_classes[{t}]` must be a list of class ids, got {classes!r}.")
+        if not classes:
+            raise ValueError(f"`task_classes[{t}]` is empty: every task needs a class.")
+        ids = tuple(check_int(c, f"task_classes[{t}][{i}]", low=0) for i, c in enumerate(classes))
+        for c in ids:
+            if c in owner:
+                raise ValueError(
+                    f"`task_classes`: tasks must not overlap, but class {c} is in task "
+                    f"{owner[c]} and task {t}."
+                )
+            owner[c] = t
+        checked.append(ids)
+    return tuple(checked)
+
+
+def stream_class_maps(
+    task_classes: Sequence[Sequence[int]], device: torch.device | str | None = None
+) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """The task offsets and the int64 maps between class ids and stream positions.
+
+    A stream position is a class's place in the concatenation of ``task_classes`` (task 0's
+    classes first). Returns ``offsets`` (``T + 1`` positions where each task starts, then
+    the total) and the tensors ``class_order`` (position -> class id), ``class_position``
+    and ``class_task`` (class id -> position / task, ``-1`` for an id in no task, indexed up
+    to the largest id) and ``position_task`` (position -> task).
+
+    Example:
+        >>> offsets, maps = stream_class_maps([[3, 1], [0]])
+        >>> offsets, maps["class_order"].tolist(), maps["class_position"].tolist()
+        ([0, 2, 3], [3, 1, 0], [2, 1, -1, 0])
+        >>> maps["class_task"].tolist(), maps["position_task"].tolist()
+        ([1, 0, -1, 0], [0, 0, 1])
+    """
+    sizes = [len(classes) for classes in task_classes]
+    offsets = [sum(sizes[:t]) for t in range(len(sizes) + 1)]
+    order = [c for classes in task_classes for c in classes]
+    lookup = max(order) + 1
+    position, task_of = torch.full((lookup,), -1), torch.full((lookup,), -1)
+    for t, classes in enumerate(task_classes):
+        for slot, c in enumerate(classes):
+            position[c], task_of[c] = offsets[t] + slot, t
+    position_task = [t for t, size in enumerate(sizes) for _ in range(size)]
+    long = {"dtype": torch.long, "device": device}
+    return offsets, {
+        "class_order": torch.tensor(order, **long),
+        "class_position": position.to(device),
+        "class_task": task_of.to(device),
+        "position_task": torch.tensor(position_task, **long),
+    }
+
+
+def check_task_labels(
+    batch: dict[str, Any],
+    task: int,
+    class_task: torch.Tensor,
+    task_classes: Sequence[Sequence[int]],
+    who: str,
+) -> None:
+    """Raise unless every ``batch['label']`` is in ``task``'s classes and ``batch['task']`` is it.
+
+    Args:
+        batch: a training batch with ``label`` (and optionally ``task``).
+        task: the task that trains now.
+        class_task: class id -> task (``-1`` for none), from :func:`stream_class_maps`.
+        task_classes: the classes of each task (for the message).
+        who: the module's name, for the message.
+
+    Example:
+        >>> _, maps = stream_class_maps([[3, 1], [0]])
+        >>> check_task_labels({"label": torch.tensor([1, 0])}, 0, maps["class_task"],
+        ...                   [[3, 1], [0]], "SLCA")
+        Traceback (most recent call last):
+        ...
+        ValueError: `train batch['label']` holds class 0, which is not in the current task 0 (classes [3, 1]): SLCA trains one task at a time; check that the datamodule's training batches follow its task_classes.
+    """  # noqa: E501
+    label = batch["label"]
+    size = class_task.numel()
+    inside = (label >= 0) & (label < size)
+    ok = inside & (class_task[label.clamp(0, size - 1)] == task)
+    if not bool(ok.all()):
+        bad = int(label[~ok][0])
+        raise ValueError(
+            f"`train batch['label']` holds class {bad}, which is not in the current task "
+            f"{task} (classes {list(task_classes[task])}): {who} trains one task at a "
+            "time; check that the datamodule's training batches follow its task_classes."
+        )
+    batch_task = batch.get("task")
+    if batch_task is not None and not bool((batch_task == task).all()):
+        other = int(batch_task[batch_task != task][0])
+        raise ValueError(
+            f"`train batch['task']` holds task {other} while task {task} trains; the "
+            "datamodule's epochs and the task hooks disagree."
+        )
+
+
+def seen_positions(
+    label: torch.Tensor,
+    class_position: torch.Tensor,
+    offsets: Sequence[int],
+    num_tasks: int,
+    stage: str,
+    who: str,
+) -> torch.Tensor:
+    """The stream positions of ``label``; raise for a class outside tasks ``0..num_tasks-1``.
+
+    Example:
+        >>> offsets, maps = stream_class_maps([[3, 1], [0]])
+        >>> seen_positions(torch.tensor([1, 3]), maps["class_position"], offsets, 1, "val",
+        ...                "SLCA").tolist()
+        [1, 0]
+    """
+    size = class_position.numel()
+    inside = (label >= 0) & (label < size)
+    position = class_position[label.clamp(0, size - 1)]
+    known = inside & (position >= 0) & (position < offsets[num_tasks])
+    if not bool(known.all()):
+        raise ValueError(
+            f"`{stage} batch['label']` holds class {int(label[~known][0])}, which is in "
+            f"none of the tasks 0..{num_tasks - 1} that {who} evaluates (the tasks seen)."
+        )
+    return position
+
+
+def log_continual_summaries(module: pl.LightningModule, metric: ContinualAccuracy) -> None:
+    """Log ``val/<summary>`` of ``metric`` for :data:`CONTINUAL_SUMMARIES` (every rank).
+
+    Call it in ``on_validation_epoch_end`` of a validation that follows the current task's
+    end: ``compute`` syncs the counts under DDP, so every rank must call it.
+    """
+    result = metric.compute()
+    for name in CONTINUAL_SUMMARIES:
+        module.log(f"val/{name}", result[name].float(), sync_dist=True)
+
+
+def save_accuracy_matrix(
+    module: pl.LightningModule, metric: ContinualAccuracy
+) -> tuple[str, str] | None:
+    """Save ``accuracy_matrix.csv`` / ``.png`` into the trainer's log dir (rank 0's paths).
+
+    Every rank computes (a sync under DDP); rank 0 writes into ``trainer.log_dir`` (or
+    ``default_root_dir`` without a logger) and gets the paths, the others ``None``.
+    """
+    result = metric.compute()
+    trainer = module.trainer
+    if not trainer.is_global_zero:
+        return None
+    return metric.save(trainer.log_dir or trainer.default_root_dir, result)
