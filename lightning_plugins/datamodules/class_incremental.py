@@ -12,6 +12,7 @@ from typing_extensions import override
 from lightning_plugins.datamodules.task_stream_base import (
     TaskStreamBase,
     TaskView,
+    source_class_names,
     source_config,
     split_labels,
 )
@@ -130,7 +131,8 @@ class ClassIncremental(TaskStreamBase):
     with numpy's ``default_rng``, or ``0..C-1``), are cut into tasks by exactly one of
     ``num_tasks`` (equal tasks), ``classes_per_task`` (the last task takes the rest) or
     ``increments`` (the size of each task, unequal allowed): ``task_classes[t]``. Labels
-    stay the source's class ids. Batches are dicts with ``image``, ``label``, ``task``
+    stay the source's class ids, and ``class_names`` are the source's (indexed by class id;
+    ``None`` when the source has none). Batches are dicts with ``image``, ``label``, ``task``
     (int64) and ``index`` (int64, the position in the source's ``train_set``; in its
     ``val_set`` / ``test_set`` for those loaders).
 
@@ -191,8 +193,8 @@ class ClassIncremental(TaskStreamBase):
         >>> from lightning_plugins.datamodules import Digits
         >>> stream = ClassIncremental(Digits(batch_size=16, image_size=8, channels=1),
         ...                           increments=[4, 3, 3], class_order_seed=0)
-        >>> stream.task_classes
-        [[4, 6, 2, 7], [3, 5, 9], [0, 8, 1]]
+        >>> stream.task_classes, stream.class_names[4]
+        ([[4, 6, 2, 7], [3, 5, 9], [0, 8, 1]], '4')
         >>> stream.setup("fit")
         >>> batch = next(iter(stream.train_dataloader()))  # task 0 without a trainer
         >>> sorted(batch), set(batch["label"].tolist()) <= {4, 6, 2, 7}, batch["task"][:3]
@@ -230,6 +232,7 @@ class ClassIncremental(TaskStreamBase):
         self.increments = class_increments(
             self.num_classes, num_tasks, classes_per_task, increments
         )
+        self.class_names = source_class_names(dataset, "dataset")
         self.class_order = checked_class_order(self.num_classes, class_order, class_order_seed)
         self.class_order_seed = class_order_seed
         self.num_tasks = len(self.increments)

@@ -11,6 +11,7 @@ from typing_extensions import override
 from lightning_plugins.datamodules.task_stream_base import (
     TaskStreamBase,
     TaskView,
+    source_class_names,
     source_config,
     split_labels,
 )
@@ -28,7 +29,12 @@ class TaskStream(TaskStreamBase):
     ``num_classes``, ``batch_size``, ``num_workers``). Task ``t``'s class ``c`` becomes the
     stream's class ``offset_t + c`` in ``label`` (``offset_t`` is the sum of the earlier
     tasks' ``num_classes``, so ``task_classes[t]`` is ``offset_t .. offset_t + C_t - 1``);
-    the source's own label stays in ``task_label``. Tasks may differ in size, classes,
+    the source's own label stays in ``task_label``. ``class_names`` (indexed by stream class
+    id) are the sources' names concatenated in that order, ``None`` unless every source has
+    them; names that recur across tasks are kept as they are (two tasks' ``"0"`` stay two
+    classes with one name: a module that classifies by names, such as
+    :class:`~lightning_plugins.modules.LoRAContinual`, then cannot tell them apart and
+    should get distinct names from the sources). Tasks may differ in size, classes,
     batch size and workers (each task's loaders use its source's ``batch_size`` and
     ``num_workers``; validation of several tasks those of the current one).
 
@@ -69,8 +75,8 @@ class TaskStream(TaskStreamBase):
         >>> from lightning_plugins.datamodules import Digits
         >>> stream = TaskStream([Digits(batch_size=8, image_size=8, channels=1),
         ...                      Digits(batch_size=4, image_size=8, channels=1, split_seed=1)])
-        >>> stream.num_classes, stream.task_classes[1]
-        (20, [10, 11, 12, 13, 14, 15, 16, 17, 18, 19])
+        >>> stream.num_classes, stream.task_classes[1], stream.class_names[10]
+        (20, [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], '0')
         >>> stream.setup("fit")
         >>> sample = stream.task_dataset(1)[0]
         >>> int(sample["label"]) - int(sample["task_label"]), int(sample["task"])
@@ -109,6 +115,10 @@ class TaskStream(TaskStreamBase):
         self.num_tasks = len(sizes)
         self.offsets = [sum(sizes[:t]) for t in range(self.num_tasks)]
         self.num_classes = sum(sizes)
+        names = [source_class_names(source, f"tasks[{t}]") for t, source in enumerate(tasks)]
+        self.class_names = (
+            None if any(n is None for n in names) else [name for n in names for name in n]
+        )
         self.task_classes = [
             list(range(offset, offset + size))
             for offset, size in zip(self.offsets, sizes, strict=True)

@@ -16,7 +16,34 @@ from lightning_plugins.datamodules.task_stream_data import StreamSchedule, read_
 from lightning_plugins.functional._checks import check_int
 from lightning_plugins.sampling import CurriculumSampler
 
-__all__ = ["TaskStreamBase", "TaskView", "source_config", "split_labels"]
+__all__ = ["TaskStreamBase", "TaskView", "source_class_names", "source_config", "split_labels"]
+
+
+def source_class_names(source: Any, what: str) -> list[str] | None:
+    """A source datamodule's ``class_names`` (one string per class), or ``None`` without them.
+
+    Raises:
+        TypeError: for ``class_names`` that are not a list of strings.
+        ValueError: for a number of names other than the source's ``num_classes``.
+
+    Example:
+        >>> class Source:
+        ...     num_classes, class_names = 2, ("cat", "dog")
+        >>> source_class_names(Source(), "dataset")
+        ['cat', 'dog']
+    """
+    names = getattr(source, "class_names", None)
+    if names is None:
+        return None
+    if isinstance(names, str | bytes) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"`{what}.class_names` must be a list of strings, got {names!r}.")
+    names = list(names)
+    if len(names) != source.num_classes:
+        raise ValueError(
+            f"`{what}.class_names` holds {len(names)} names for its {source.num_classes} "
+            "classes (num_classes); give one name per class."
+        )
+    return names
 
 
 def split_labels(dataset: Dataset, what: str) -> torch.Tensor:

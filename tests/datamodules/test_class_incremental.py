@@ -261,3 +261,22 @@ data:
     assert isinstance(stream, ClassIncremental) and isinstance(stream.dataset, Digits)
     assert stream.task_classes == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
     assert stream.dataset.batch_size == 16 and stream.steps_per_task == 2
+
+
+def test_class_names_are_the_sources(digits):
+    stream = ClassIncremental(digits, num_tasks=2, class_order_seed=0)
+    assert stream.class_names == [str(d) for d in range(10)]  # by class id, not task order
+    shapes = SyntheticShapes(batch_size=8, train_size=8, zero_shot_size=64, image_size=16)
+    assert ClassIncremental(shapes, num_tasks=4).class_names == shapes.class_names
+
+    class Unnamed(pl.LightningDataModule):
+        num_classes, batch_size, num_workers = 4, 2, 0
+
+    source = Unnamed()
+    assert ClassIncremental(source, num_tasks=2).class_names is None
+    source.class_names = ["a", "b"]
+    with pytest.raises(ValueError, match=r"`dataset.class_names` holds 2 names for its 4"):
+        ClassIncremental(source, num_tasks=2)
+    source.class_names = "abcd"
+    with pytest.raises(TypeError, match=r"`dataset.class_names` must be a list of strings"):
+        ClassIncremental(source, num_tasks=2)

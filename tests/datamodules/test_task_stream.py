@@ -120,3 +120,12 @@ data:
     assert isinstance(stream, TaskStream) and stream.epochs_per_task == 2
     assert [(d.batch_size, d.split_seed) for d in stream.tasks] == [(16, 0), (8, 1)]
     assert stream.task_classes[1] == list(range(10, 20))
+
+
+def test_class_names_concatenated_in_offset_order(sources):
+    digits = sources[0]
+    named = UserData()
+    named.class_names = ["x", "0", "y"]  # "0" collides with a digit: kept, documented
+    stream = TaskStream([digits, named])
+    assert stream.class_names == [str(d) for d in range(10)] + ["x", "0", "y"]
+    assert TaskStream([digits, UserData()]).class_names is None  # a source without names
