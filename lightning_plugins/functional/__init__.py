@@ -73,13 +73,14 @@ from lightning_plugins.functional.schedules import (
 )
 from lightning_plugins.functional.siglip_loss import siglip_loss
 from lightning_plugins.functional.topk_correct import topk_correct
-from lightning_plugins.functional.zero_shot import zero_shot_classifier
+from lightning_plugins.functional.zero_shot import average_templates, zero_shot_classifier
 
 __all__ = [
     "COVARIANCE_KINDS",
     "PACINGS",
     "average_accuracy",
     "average_incremental_accuracy",
+    "average_templates",
     "backward_transfer",
     "cabs_select",
     "check_mixture_weights",

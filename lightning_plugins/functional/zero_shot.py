@@ -9,7 +9,21 @@ import torch.nn.functional as F
 
 from lightning_plugins.functional._checks import check_int, check_template_fields
 
-__all__ = ["check_templates", "zero_shot_classifier"]
+__all__ = ["average_templates", "check_templates", "zero_shot_classifier"]
+
+
+def average_templates(prompt_embeddings: torch.Tensor) -> torch.Tensor:
+    """Class embeddings ``[C, D]`` from normalised prompt embeddings ``[C, T, D]``.
+
+    The mean over the ``T`` templates of each class, normalised (open_clip's
+    ``build_zero_shot_classifier``). Differentiable: modules that train through the class
+    prompts (``LoRAContinual``) call it with gradient; :func:`zero_shot_classifier` without.
+
+    Example:
+        >>> average_templates(torch.tensor([[[1.0, 0.0], [0.6, 0.8]]]))
+        tensor([[0.8944, 0.4472]])
+    """
+    return F.normalize(prompt_embeddings.mean(dim=1), dim=-1)
 
 
 def check_templates(templates: Sequence[str], name: str = "templates") -> None:
@@ -66,5 +80,4 @@ def zero_shot_classifier(
     embeddings = torch.cat(
         [encode_prompts(prompts[i : i + chunk_size]) for i in range(0, len(prompts), chunk_size)]
     )
-    embeddings = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)
-    return F.normalize(embeddings, dim=-1)
+    return average_templates(embeddings.view(len(class_names), len(templates), -1))

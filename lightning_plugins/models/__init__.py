@@ -20,6 +20,7 @@ from lightning_plugins.models.layer_blocks import (
 )
 from lightning_plugins.models.lora_adapters import (
     RankGate,
+    active_adapter_parameter_count,
     active_ranks,
     adapter_parameter_count,
     adapter_parameters,
@@ -38,6 +39,7 @@ __all__ = [
     "ImageTextTowers",
     "RankGate",
     "SmallConvNet",
+    "active_adapter_parameter_count",
     "active_ranks",
     "adapter_parameter_count",
     "adapter_parameters",

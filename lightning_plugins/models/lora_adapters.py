@@ -46,6 +46,7 @@ from lightning_plugins.functional._checks import check_bool, check_float, check_
 
 __all__ = [
     "RankGate",
+    "active_adapter_parameter_count",
     "active_ranks",
     "adapter_parameter_count",
     "adapter_parameters",
@@ -523,6 +524,30 @@ def adapter_parameter_count(model: nn.Module) -> int:
         18
     """
     return sum(parameter.numel() for parameter in adapter_parameters(model))
+
+
+def active_adapter_parameter_count(model: nn.Module) -> int:
+    """The adapter parameters of the ranks with a non-zero gate (all ranks when ungated).
+
+    What :func:`prune_ranks_` would leave: per active rank one row of ``A``, one column of
+    ``B`` and its gate.
+
+    Example:
+        >>> layer = add_gated_lora(nn.Sequential(nn.Linear(3, 5)), ["0"], rank=2)
+        >>> gates(layer)["0"].data[0] = 0.0
+        >>> active_adapter_parameter_count(layer)  # one rank: 3 + 5 + 1
+        9
+    """
+    total = 0
+    for _, layer in _lora_layers(model):
+        rank_gate = _rank_gate(layer)
+        lora_a, lora_b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        per_rank = lora_a.in_features + lora_b.out_features
+        if rank_gate is None:
+            total += per_rank * int(layer.r[ADAPTER])
+        else:
+            total += (per_rank + 1) * int(rank_gate.gate.count_nonzero())
+    return total
 
 
 @torch.no_grad()
