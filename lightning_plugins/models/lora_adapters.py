@@ -466,7 +466,8 @@ def merge_lora_(model: nn.Module) -> nn.Module:
     ``W <- W + (alpha / rank) * B A`` and the adapted layers are replaced by their base
     modules, so the model has its original module classes and no peft layer; its forward
     equals the adapted forward up to float rounding. ``requires_grad`` of the base
-    parameters is left as it is. :func:`add_gated_lora` can then add fresh adapters.
+    parameters is left as it is. Merging a deepcopy leaves the original model intact.
+    :func:`add_gated_lora` can then add fresh adapters.
 
     Returns:
         ``model``.
@@ -478,7 +479,13 @@ def merge_lora_(model: nn.Module) -> nn.Module:
     """
     for _, layer in list(_lora_layers(model)):
         if _rank_gate(layer) is not None:
-            parametrize.remove_parametrizations(layer.lora_A[ADAPTER], "weight")
+            lora_a = layer.lora_A[ADAPTER]
+            # torch deletes the property from the parametrized class, which a deepcopy of the
+            # model shares with the original: give this module a class of its own first
+            cls = type(lora_a)
+            own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            lora_a.__class__ = type(cls.__name__, cls.__bases__, own)
+            parametrize.remove_parametrizations(lora_a, "weight")
     tuner_names = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
     outermost = [
         name

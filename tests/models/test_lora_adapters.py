@@ -17,10 +17,12 @@ from lightning_plugins.functional import soft_threshold_
 from lightning_plugins.models import (
     active_ranks,
     adapter_parameter_count,
+    adapter_parameters,
     add_gated_lora,
     create_image_text_model,
     gates,
     lora_targets,
+    merge_and_reset_,
     merge_lora_,
     parameter_count,
     prune_ranks_,
@@ -282,3 +284,39 @@ def test_state_dict_round_trip_and_deepcopy(kind):
     fresh.load_state_dict(state)
     torch.testing.assert_close(run(fresh), expected, rtol=0, atol=0)
     torch.testing.assert_close(run(copy.deepcopy(model)), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_merge_and_reset_keeps_the_forward_and_resets_in_place(kind):
+    model = add_gated_lora(MODELS[kind](), rank=RANK, alpha=ALPHA)
+    randomize_(model)
+    gates(model)[sorted(gates(model))[0]].data[0] = 0.0  # a zero gate folds as nothing
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    run(model).square().sum().backward()
+    optimizer.step()
+    before, parameters = run(model).detach(), dict(model.named_parameters())
+    base = copy.deepcopy(model)
+    merged_copy = merge_lora_(copy.deepcopy(model))  # a merged deepcopy leaves model intact
+    torch.testing.assert_close(run(merged_copy), before, rtol=0, atol=1e-5)
+
+    merge_and_reset_(model, [optimizer], torch.Generator().manual_seed(3))
+    torch.testing.assert_close(run(model), before, rtol=0, atol=1e-5)
+    assert dict(model.named_parameters()) == parameters  # the same Parameter objects
+    adapters = adapter_parameters(model)
+    assert adapters and not any(p in optimizer.state for p in adapters)
+    for name, value in model.state_dict().items():
+        if ".lora_B." in name:
+            assert not value.any(), name
+    assert all(torch.equal(g.detach(), torch.ones(RANK)) for g in gates(model).values())
+    assert set(active_ranks(model).values()) == {RANK}
+    again = merge_and_reset_(copy.deepcopy(base), generator=torch.Generator().manual_seed(3))
+    state, other_state = model.state_dict(), again.state_dict()
+    for (name, value), other in zip(state.items(), other_state.values(), strict=True):
+        if ".lora_A." in name:  # A drawn from the generator: the same for the same seed
+            assert torch.equal(value, other), name
+    # merged weights: the reference fold W + s B diag(w) A of the adapted model
+    reference = copy.deepcopy(MODELS[kind]())
+    reference.load_state_dict(reference_weights(base, reference))
+    torch.testing.assert_close(run(model), run(reference), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        merge_and_reset_(MODELS[kind]())
