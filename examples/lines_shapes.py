@@ -48,8 +48,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from lightning_plugins import functional
 from lightning_plugins.datamodules import Digits, SyntheticShapes
-from lightning_plugins.functional import lines_scale, scale_update_
 from lightning_plugins.models import block_positions
 from lightning_plugins.modules import CLIP
 from lightning_plugins.schedulers import WarmupCosineLR
@@ -148,7 +148,7 @@ def fine_tune(
     return module
 
 
-def lines_factors(
+def parameter_factors(
     module: torch.nn.Module, alpha: float, beta: float, head_on_top: bool = False
 ) -> dict[str, float]:
     """The LiNeS scale of every parameter: its block's, ``alpha`` outside the blocks.
@@ -156,12 +156,9 @@ def lines_factors(
     ``head_on_top``: the image tower's output side (``ln_post``, ``proj``) gets the last
     block's scale ``alpha + beta`` instead of ``alpha`` (a variant, not the library's rule).
     """
-    factors = {
-        name: alpha
-        if position is None
-        else float(lines_scale(position[1], alpha, beta)[position[0]])
-        for name, position in block_positions(module).items()
-    }
+    positions = block_positions(module)
+    scales = functional.lines_factors(list(positions.values()), alpha, beta)
+    factors = dict(zip(positions, scales, strict=True))
     if head_on_top:
         for name in factors:
             if name.startswith(HEAD):
@@ -209,9 +206,9 @@ def run_seed(theta_0: dict[str, torch.Tensor], seed: int, args: argparse.Namespa
         if repeated:
             continue
         module.load_state_dict(theta_ft)
-        factors = lines_factors(module, *setting)
+        factors = parameter_factors(module, *setting)
         parameters = dict(module.named_parameters())
-        scale_update_(
+        functional.scale_update_(
             [parameters[n] for n in names], [theta_0[n] for n in names], [factors[n] for n in names]
         )
         results[setting] = evaluate(module, digits, shapes)
@@ -230,7 +227,7 @@ def table(runs: list[dict], alpha: float) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for sweep, (a, b, head), _ in settings(alpha):
-        scales = " / ".join(f"{s:g}" for s in lines_scale(3, a, b).tolist())
+        scales = " / ".join(f"{s:g}" for s in functional.lines_scale(3, a, b).tolist())
         target = mean_std([run["results"][(a, b, head)]["target"] for run in runs])
         general = mean_std([run["results"][(a, b, head)]["shapes"] for run in runs])
         lines.append(

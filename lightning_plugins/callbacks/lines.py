@@ -31,7 +31,12 @@ from lightning_plugins.functional._checks import (
     check_resume_state,
     load_checkpoint,
 )
-from lightning_plugins.functional.lines import lines_scale, merging_alpha, scale_update_
+from lightning_plugins.functional.lines import (
+    lines_factors,
+    lines_scale,
+    merging_alpha,
+    scale_update_,
+)
 from lightning_plugins.models.layer_blocks import BlockMapping, block_lists, block_positions
 
 __all__ = ["LiNeS"]
@@ -368,11 +373,7 @@ class LiNeS(Callback):
         live = [local_part(t) for t in store.live()]
         reference = [local_part(t) for t in store.tensors]
         alpha = self.alpha if self.merging is None else self._merging_alpha(live, reference)
-        tables = {
-            depth: lines_scale(depth, alpha, self.beta).tolist()
-            for depth in {p[1] for p in self._positions if p is not None}
-        }
-        factors = [alpha if p is None else tables[p[1]][p[0]] for p in self._positions]
+        factors = lines_factors(self._positions, alpha, self.beta)
         before = self._tau_norm(live, reference)
         scale_update_(live, reference, factors)
         after = self._tau_norm(live, reference)

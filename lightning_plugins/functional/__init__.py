@@ -40,7 +40,12 @@ from lightning_plugins.functional.distillation import (
     soft_cross_entropy,
 )
 from lightning_plugins.functional.ema import ema_update_
-from lightning_plugins.functional.lines import lines_scale, merging_alpha, scale_update_
+from lightning_plugins.functional.lines import (
+    lines_factors,
+    lines_scale,
+    merging_alpha,
+    scale_update_,
+)
 from lightning_plugins.functional.mixing import (
     check_mixture_weights,
     dga_weights,
@@ -112,6 +117,7 @@ __all__ = [
     "image_text_distillation",
     "keyed_generator",
     "linear_pacing",
+    "lines_factors",
     "lines_scale",
     "merging_alpha",
     "normalized_logits",

@@ -18,7 +18,7 @@ import torch
 
 from lightning_plugins.functional._checks import check_float, check_int
 
-__all__ = ["lines_scale", "merging_alpha", "scale_update_"]
+__all__ = ["lines_factors", "lines_scale", "merging_alpha", "scale_update_"]
 
 
 def lines_scale(num_blocks: int, alpha: float, beta: float) -> torch.Tensor:
@@ -64,6 +64,26 @@ def lines_scale(num_blocks: int, alpha: float, beta: float) -> torch.Tensor:
             "block needs alpha + beta * (l - 1) / (L - 1) >= 0."
         )
     return scales
+
+
+def lines_factors(
+    positions: Sequence[tuple[int, int] | None], alpha: float, beta: float
+) -> list[float]:
+    """The LiNeS scale of each parameter from its ``(block index, blocks of its stack)``.
+
+    ``positions`` as :func:`~lightning_plugins.models.block_positions` gives them (its
+    values, in order); a parameter outside the blocks (``None``) gets ``alpha``. With
+    :func:`scale_update_` this applies LiNeS to any weights, outside a fit too.
+
+    Example:
+        >>> lines_factors([(0, 3), (2, 3), None, (1, 2)], alpha=0.2, beta=0.8)
+        [0.2, 1.0, 0.2, 1.0]
+    """
+    tables = {
+        depth: lines_scale(depth, alpha, beta).tolist()
+        for depth in {position[1] for position in positions if position is not None}
+    }
+    return [alpha if p is None else tables[p[1]][p[0]] for p in positions]
 
 
 @torch.no_grad()
