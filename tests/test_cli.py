@@ -33,9 +33,12 @@ def test_example_config_fast_dev_run(config, tmp_path):
         ]
     )
     assert cli.trainer.global_step == 1
-    metric = {"digits": "val/acc_top1", "slca": "val/acc_top1", "lego": "val/answer_accuracy"}.get(
-        config.name.split("_")[0], "val/zero_shot_top1"
-    )
+    metric = {
+        "digits": "val/acc_top1",
+        "slca": "val/acc_top1",
+        "lora": "val/acc_top1",
+        "lego": "val/answer_accuracy",
+    }.get(config.name.split("_")[0], "val/zero_shot_top1")
     if config.name == "clip_shapes_dga.yaml":  # validates on held-out pairs: retrieval only
         metric = "val/i2t_R@1"
     assert metric in cli.trainer.callback_metrics
