@@ -201,6 +201,8 @@ def save_accuracy_matrix(
     """
     result = metric.compute()
     trainer = module.trainer
+    # log_dir broadcasts from rank 0: every rank asks, or the collectives fall out of step
+    folder = trainer.log_dir or trainer.default_root_dir
     if not trainer.is_global_zero:
         return None
-    return metric.save(trainer.log_dir or trainer.default_root_dir, result)
+    return metric.save(folder, result)

@@ -332,9 +332,12 @@ class LoRAContinual(pl.LightningModule):
             counts = self.parameter_counts()
             for name, value in counts.items():
                 self.log(f"lora/{name}", float(value), on_step=True, on_epoch=False)
+            # log_dir broadcasts from rank 0: every rank asks, or the ranks' collectives
+            # fall out of step (DDP's next buffer broadcast then pairs with this one)
+            folder = self.trainer.log_dir or self.trainer.default_root_dir
             if self.trainer.is_global_zero:
                 self.active_ranks_paths = _save_active_ranks(
-                    self.trainer.log_dir or self.trainer.default_root_dir,
+                    folder,
                     self.task_active_ranks[: task + 1].cpu(),
                     self.layer_names,
                 )

@@ -3,25 +3,17 @@ adapters, gates and folded base weights after a 2-task stream, identical on both
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from tests.helpers import free_port, run_ddp
+from tests.helpers import free_port, join_lightning, run_ddp
 from tests.modules.test_lora_continual import Patterns, lora, trainer
 
 
 def _fit(rank: int, world_size: int, port: int, root: str) -> dict:
     if world_size > 1:
-        os.environ.update(
-            LOCAL_RANK=str(rank),
-            NODE_RANK="0",
-            WORLD_SIZE=str(world_size),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )  # Lightning joins the process group that run_ddp started
+        join_lightning(rank, world_size, port)
     pl.seed_everything(0, verbose=False)
     module = lora(kappa=20.0, start_fraction=0.5)  # the proximal step runs in each task
     fit = trainer(root, devices=world_size, strategy="ddp" if world_size > 1 else "auto")
@@ -34,11 +26,6 @@ def _fit(rank: int, world_size: int, port: int, root: str) -> dict:
 
 
 @pytest.mark.ddp
-@pytest.mark.skip(
-    reason="open: under 2-process DDP rank 1 reads current_task=81 in the first validation "
-    "(IndexError in seen_positions); excluding the module's buffers from DDP's broadcast "
-    "turns it into a hang. Not yet understood; see the issue 16 notes."
-)
 def test_ddp_equals_one_process_on_the_global_batch(tmp_path):
     ranks = run_ddp(_fit, free_port(), str(tmp_path / "ddp"))
     single = _fit(0, 1, 0, str(tmp_path / "single"))
