@@ -149,6 +149,12 @@ class EMATeacher(Callback):
             and of the suffix of ``"both"``.
         dtype: ``"float32"``, ``"float64"``, ``"bfloat16"``, ``"float16"`` (or the torch
             dtype) of the averaged floating-point tensors; ``None``: the weights' own.
+        restart_at_task_end: on a task stream, set the average to the live weights at
+            every task end (the ``on_task_end`` hook of
+            :class:`~lightning_plugins.callbacks.task_boundaries.TaskHooks`, which runs
+            after the module's own). Use it with modules that change their weights there,
+            such as ``LoRAContinual``, which folds its adapters into the base weights and
+            resets them: an average across that fold would count the task's update twice.
 
     Raises:
         TypeError: for an argument of the wrong type.
@@ -188,9 +194,11 @@ class EMATeacher(Callback):
         validate_with: str = "ema",
         name: str = "teacher",
         dtype: str | torch.dtype | None = None,
+        restart_at_task_end: bool = False,
     ) -> None:
         super().__init__()
         self.decay = check_float(decay, "decay", low=0, high=1, high_open=True)
+        self.restart_at_task_end = check_bool(restart_at_task_end, "restart_at_task_end")
         if schedule_kwargs is not None and not isinstance(schedule_kwargs, Mapping):
             raise TypeError(
                 "`schedule_kwargs` must be a dict of the schedule's arguments or None, got "
@@ -428,6 +436,11 @@ class EMATeacher(Callback):
         self._asked_step = step
         if self.should_update(trainer, step):
             self.update(step)
+
+    def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: int) -> None:
+        """With ``restart_at_task_end``, the average becomes the live weights (TaskHooks)."""
+        if self.restart_at_task_end and self._average is not None:
+            self._average.update(0.0)  # decay 0: an exact copy of the live weights
 
     def update(self, step: int) -> None:
         """Update the average with the live weights after optimizer step ``step``."""
