@@ -70,6 +70,14 @@ class LoRAContinual(pl.LightningModule):
     ``gated`` (CoDyRA) or without (plain LoRA). Only the adapters (and gates) train; the
     base weights and the logit scale stay frozen (the pretrained temperature is kept).
 
+    **Full fine-tuning baseline** (``full_finetune=True``): no adapters are added; every
+    base weight of both towers trains (the logit scale stays frozen, as with adapters);
+    there is no proximal step, and a task end only records and logs (nothing to merge:
+    ``task_active_ranks`` has no columns, no ``active_ranks`` plot is saved,
+    ``lora/active_ranks`` is 0). The adapter arguments ``rank``, ``alpha``, ``dropout``,
+    ``targets``, ``gated``, ``kappa`` and ``start_fraction`` are then ignored (still
+    checked), so a config switches between the methods by this one flag.
+
     **Classification by class-name prompts** (the X-TAIL / CoDyRA setting): the logits are
     ``logit_scale * normalize(image) @ C.T`` with ``C`` the class embeddings, the
     normalised text embeddings of ``template.format(name)`` averaged over ``templates``
@@ -143,6 +151,7 @@ class LoRAContinual(pl.LightningModule):
         class_names: the name of each class id; ``None`` reads the datamodule's
             ``class_names`` at ``setup`` (saved likewise).
         seed: seed of the adapters' initialisation (with the task).
+        full_finetune: train all base weights instead of adapters (the baseline; see above).
         optimizer: optimizer factory taking parameter groups.
         lr_scheduler: LR scheduler factory, stepped every ``lr_scheduler_interval``.
         lr_scheduler_interval: ``"step"`` or ``"epoch"``.
@@ -186,6 +195,7 @@ class LoRAContinual(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "step",
+        full_finetune: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model_name, str):
@@ -198,6 +208,7 @@ class LoRAContinual(pl.LightningModule):
         check_float(start_fraction, "start_fraction", low=0.0, high=1.0, high_open=True)
         check_templates(templates)
         check_int(seed, "seed", low=0)
+        check_bool(full_finetune, "full_finetune")
         check_choice(lr_scheduler_interval, "lr_scheduler_interval", ("step", "epoch"))
         if class_names is not None and (
             isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
@@ -209,9 +220,13 @@ class LoRAContinual(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.model = _pretrained_model(model_name, pretrained)
         self.tokenizer = create_tokenizer(ImageTextTowers(model_name=model_name))
-        self.model.requires_grad_(False)  # the base weights and the logit scale stay frozen
-        add_gated_lora(self.model, targets, rank, alpha, dropout, gated)  # checks them
-        merge_and_reset_(self.model, generator=self._adapter_generator(0))  # seeded A
+        if full_finetune:  # the baseline: every base weight trains, no adapters
+            self.model.requires_grad_(True)
+            self.model.logit_scale.requires_grad_(False)
+        else:
+            self.model.requires_grad_(False)  # the base weights and the logit scale: frozen
+            add_gated_lora(self.model, targets, rank, alpha, dropout, gated)  # checks them
+            merge_and_reset_(self.model, generator=self._adapter_generator(0))  # seeded A
         self.layer_names = list(active_ranks(self.model))
         self.register_buffer("current_task", torch.tensor(0), persistent=True)
         self.register_buffer("ended_task", torch.tensor(-1), persistent=True)
@@ -322,7 +337,10 @@ class LoRAContinual(pl.LightningModule):
         self.continual_accuracy.set_training_task(task)
 
     def on_task_end(self, task: int) -> None:
-        """Record and log the active ranks, then fold the adapters into the base weights."""
+        """Record and log the active ranks, then fold the adapters into the base weights.
+
+        With ``full_finetune`` only the (empty) record and the counts: nothing to fold.
+        """
         task = check_int(task, "task", low=0, high=len(self._require_stream()) - 1)
         ranks = active_ranks(self.model)
         self.task_active_ranks[task] = torch.tensor(
@@ -335,14 +353,15 @@ class LoRAContinual(pl.LightningModule):
             # log_dir broadcasts from rank 0: every rank asks, or the ranks' collectives
             # fall out of step (DDP's next buffer broadcast then pairs with this one)
             folder = self.trainer.log_dir or self.trainer.default_root_dir
-            if self.trainer.is_global_zero:
+            if self.trainer.is_global_zero and self.layer_names:
                 self.active_ranks_paths = _save_active_ranks(
                     folder,
                     self.task_active_ranks[: task + 1].cpu(),
                     self.layer_names,
                 )
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        merge_and_reset_(self.model, optimizers, self._adapter_generator(task + 1))
+        if not self.hparams.full_finetune:
+            optimizers = self.trainer.optimizers if self._trainer is not None else []
+            merge_and_reset_(self.model, optimizers, self._adapter_generator(task + 1))
         self.ended_task.fill_(task)
 
     def parameter_counts(self) -> dict[str, int]:
@@ -426,7 +445,10 @@ class LoRAContinual(pl.LightningModule):
 
     # ------------------------------------------------------------ optimizer
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The adapters (weight decay) and the gates (none; open_clip's rule for 1-D)."""
+        """The adapters (weight decay) and the gates (none; open_clip's rule for 1-D).
+
+        With ``full_finetune``: the base weights, split by the same rule.
+        """
         decay, no_decay = decay_groups(self.named_parameters(), no_weight_decay)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -453,7 +475,7 @@ class LoRAContinual(pl.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then the proximal step on the gates; count the task's steps."""
         super().optimizer_step(*args, **kwargs)
-        if self.hparams.gated:
+        if self.hparams.gated and not self.hparams.full_finetune:
             optimizer = args[2] if len(args) > 2 else kwargs["optimizer"]
             self.proximal_step(getattr(optimizer, "optimizer", optimizer))
         self.task_step += 1

@@ -185,6 +185,29 @@ def test_plain_lora_has_no_gates():
     assert not any("gate" in name for name, _ in module.named_parameters())
 
 
+def test_full_finetune_trains_every_base_weight_without_adapters(tmp_path):
+    module = lora(full_finetune=True)  # gated=True, rank=4 by default: ignored
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    expected = {f"model.{name}" for name, _ in module.model.named_parameters()}
+    assert trainable == expected - {"model.logit_scale"}
+    assert not any(".lora_" in name or "gate" in name for name in expected)
+    assert gates(module.model) == {} and module.layer_names == []
+    before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    fit = trainer(tmp_path, logger=pl.loggers.CSVLogger(tmp_path))
+    fit.fit(module, datamodule=Patterns())
+
+    assert int(module.ended_task) == 1 and fit.global_step == 4
+    after = module.model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():  # every weight trained; the temperature kept
+        assert torch.equal(after[key], value) == (key == "logit_scale"), key
+    counts = module.parameter_counts()
+    assert counts["trainable_parameters"] == counts["merged_parameters"] - 1
+    assert counts["active_ranks"] == 0 and module.active_ranks_paths is None
+    assert {"val/forgetting", "lora/trainable_parameters"} <= set(fit.callback_metrics)
+    assert module.merged_model().state_dict().keys() == before.keys()
+
+
 # ------------------------------------------------------------------ exact resume
 STEPS = 3  # per task: steps 0-2 train task 0, 3-5 task 1
 
