@@ -1,6 +1,6 @@
 """Experiment: continual CLIP on a Digits stream: full fine-tuning vs LoRA vs gated LoRA.
 
-    .venv/bin/python examples/lora_stream.py [--seeds 0 1 2] [--epochs-per-task 4]
+    .venv/bin/python examples/lora_stream.py [--seeds 0 1 2] [--epochs-per-task 10]
 
 Issue 16, experiment 1. Setup:
 
@@ -12,7 +12,7 @@ Issue 16, experiment 1. Setup:
   class_order_seed=seed)``: 5 tasks of 2 digits, classified by the class prompts
   "a photo of the digit {}" (``LoRAContinual``: cross-entropy over the current task's
   prompts in training, task-agnostic evaluation over the classes seen so far).
-- **Methods** (the same AdamW without weight decay, batches, epochs per task (3) and seed;
+- **Methods** (the same AdamW without weight decay, batches, epochs per task (10) and seed;
   only the learning rate differs, each method's own): full fine-tuning
   (``full_finetune=True``: every weight of both towers but the logit scale, lr 2e-4), LoRA
   (``gated=False``, rank 8 on the attention and MLP layers of both towers, merged into the
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--pretrain-steps", type=int, default=250)
-    parser.add_argument("--epochs-per-task", type=int, default=3)
+    parser.add_argument("--epochs-per-task", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr-full", type=float, default=2e-4, help="full fine-tuning AdamW")
     parser.add_argument("--lr-lora", type=float, default=2e-3, help="(gated) LoRA AdamW")
