@@ -19,6 +19,7 @@ from lightning_plugins.metrics import ContinualAccuracy
 
 __all__ = [
     "CONTINUAL_SUMMARIES",
+    "StreamEvaluation",
     "check_task_labels",
     "checked_task_classes",
     "log_continual_summaries",
@@ -206,3 +207,75 @@ def save_accuracy_matrix(
     if not trainer.is_global_zero:
         return None
     return metric.save(folder, result)
+
+
+class StreamEvaluation:
+    """Validation and test hooks of a module that trains a task stream (SLCA, LoRAContinual).
+
+    Mixed into a LightningModule (before it in the bases) that defines
+    ``_eval_step(batch, stage, num_tasks) -> predicted class ids`` (which also updates
+    ``val_accuracy`` / ``test_accuracy``) and ``_require_stream()`` (the task classes, or a
+    clear error), and holds the buffers ``current_task`` and ``ended_task``, the maps
+    ``class_task``, the metrics ``continual_accuracy``, ``val_accuracy`` and
+    ``test_accuracy``, and ``accuracy_matrix_paths``.
+
+    Validation covers the tasks ``0..current_task``; it fills the current task's row of
+    ``continual_accuracy`` (reset at each validation start, not in the sanity check) and,
+    after the current task's end, logs the summaries. At the end of ``fit`` the matrix is
+    saved; test covers every task. :meth:`_clear_eval_cache` runs at each evaluation's
+    start and end (for what a module computes once per evaluation).
+    """
+
+    def _clear_eval_cache(self) -> None:
+        """Forget what the module computed once per evaluation (nothing by default)."""
+
+    def on_validation_epoch_start(self) -> None:
+        """Reset the accuracy and, outside the sanity check, the current task's row."""
+        self._require_stream()
+        self.val_accuracy.reset()
+        self._clear_eval_cache()
+        if not self.trainer.sanity_checking:
+            self.continual_accuracy.reset_row(int(self.current_task))
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Evaluate a batch over the tasks seen; count it into the current row."""
+        predictions = self._eval_step(batch, "val", int(self.current_task) + 1)
+        if not self.trainer.sanity_checking:
+            task = batch.get("task")
+            task = self.class_task[batch["label"]] if task is None else task
+            self.continual_accuracy.update(predictions, batch["label"], task)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/acc_top1``; after the current task's end, the continual summaries."""
+        self._clear_eval_cache()
+        self.log("val/acc_top1", self.val_accuracy.compute(), sync_dist=True)  # equal on all
+        self.val_accuracy.reset()
+        if self.trainer.sanity_checking or int(self.ended_task) != int(self.current_task):
+            return
+        log_continual_summaries(self, self.continual_accuracy)  # every rank: syncs under DDP
+
+    def on_fit_end(self) -> None:
+        """Save ``accuracy_matrix.csv`` / ``.png`` with the run (every rank computes)."""
+        if self.task_classes is None:
+            return
+        paths = save_accuracy_matrix(self, self.continual_accuracy)
+        if paths is not None:
+            self.accuracy_matrix_paths = paths
+
+    def on_test_epoch_start(self) -> None:
+        """Reset the test accuracy."""
+        self._require_stream()
+        self.test_accuracy.reset()
+        self._clear_eval_cache()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate a test batch over the classes of every task."""
+        self._eval_step(batch, "test", len(self._require_stream()))
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/acc_top1``."""
+        self._clear_eval_cache()
+        self.log("test/acc_top1", self.test_accuracy.compute(), sync_dist=True)
+        self.test_accuracy.reset()

@@ -41,10 +41,9 @@ from lightning_plugins.models import (
 )
 from lightning_plugins.modules.backbone_module import check_image_batch
 from lightning_plugins.modules.continual_parts import (
+    StreamEvaluation,
     check_task_labels,
     checked_task_classes,
-    log_continual_summaries,
-    save_accuracy_matrix,
     seen_positions,
     stream_class_maps,
 )
@@ -60,7 +59,7 @@ __all__ = ["LoRAContinual"]
 _GENERATOR_STRIDE = 1_000_003
 
 
-class LoRAContinual(pl.LightningModule):
+class LoRAContinual(StreamEvaluation, pl.LightningModule):
     """Continual fine-tuning of a pretrained CLIP on a task stream through LoRA adapters (CoDyRA).
 
     The model is an open_clip CLIP (``model_name``, a config such as the shipped
@@ -500,6 +499,10 @@ class LoRAContinual(pl.LightningModule):
         return strength
 
     # ------------------------------------------------------------ evaluation
+    def _clear_eval_cache(self) -> None:
+        """Forget the class embeddings, computed once per evaluation."""
+        self._val_classes = None
+
     def _eval_step(self, batch: dict[str, Any], stage: str, num_tasks: int) -> torch.Tensor:
         check_image_batch(batch, stage)
         label = batch["label"]
@@ -516,57 +519,6 @@ class LoRAContinual(pl.LightningModule):
             (predictions == label).float()
         )
         return predictions
-
-    @override
-    def on_validation_epoch_start(self) -> None:
-        self._require_stream()
-        self.val_accuracy.reset()
-        self._val_classes = None  # the class embeddings, once per validation
-        if not self.trainer.sanity_checking:
-            self.continual_accuracy.reset_row(int(self.current_task))
-
-    @override
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        predictions = self._eval_step(batch, "val", self._seen())
-        if not self.trainer.sanity_checking:
-            task = batch.get("task")
-            task = self.class_task[batch["label"]] if task is None else task
-            self.continual_accuracy.update(predictions, batch["label"], task)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._val_classes = None
-        self.log("val/acc_top1", self.val_accuracy.compute(), sync_dist=True)
-        self.val_accuracy.reset()
-        if self.trainer.sanity_checking or int(self.ended_task) != int(self.current_task):
-            return
-        log_continual_summaries(self, self.continual_accuracy)
-
-    @override
-    def on_fit_end(self) -> None:
-        if self.task_classes is None:
-            return
-        paths = save_accuracy_matrix(self, self.continual_accuracy)
-        if paths is not None:
-            self.accuracy_matrix_paths = paths
-
-    @override
-    def on_test_epoch_start(self) -> None:
-        self._require_stream()
-        self.test_accuracy.reset()
-        self._val_classes = None
-
-    @override
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test", len(self._require_stream()))
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._val_classes = None
-        self.log("test/acc_top1", self.test_accuracy.compute(), sync_dist=True)
-        self.test_accuracy.reset()
 
 
 def _pretrained_model(model_name: str, pretrained: str | None) -> torch.nn.Module:

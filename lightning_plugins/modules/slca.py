@@ -23,10 +23,9 @@ from lightning_plugins.metrics import ContinualAccuracy
 from lightning_plugins.modules.backbone_module import BackboneModule, check_image_batch
 from lightning_plugins.modules.classifier_alignment import align_linear_classifier
 from lightning_plugins.modules.continual_parts import (
+    StreamEvaluation,
     check_task_labels,
     checked_task_classes,
-    log_continual_summaries,
-    save_accuracy_matrix,
     seen_positions,
     stream_class_maps,
 )
@@ -51,7 +50,7 @@ def reference_sgd(params: Iterable[Any]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
-class SLCA(BackboneModule):
+class SLCA(StreamEvaluation, BackboneModule):
     """Slow learner with classifier alignment on a pretrained backbone, one head per task.
 
     Trains a class-incremental stream in one ``trainer.fit`` on a
@@ -261,7 +260,7 @@ class SLCA(BackboneModule):
             self.register_buffer(name, value, persistent=persistent)
         self.continual_accuracy = ContinualAccuracy(len(task_classes)).to(device)
 
-    def _require_heads(self) -> tuple[tuple[int, ...], ...]:
+    def _require_stream(self) -> tuple[tuple[int, ...], ...]:
         if self.task_classes is None:
             raise RuntimeError(
                 "SLCA has no heads yet: give `task_classes`, or fit it with a TaskStreamData "
@@ -280,7 +279,7 @@ class SLCA(BackboneModule):
         datamodule = trainer.datamodule
         if datamodule is None:
             if stage == "fit" or self.task_classes is None:
-                self._require_heads()
+                self._require_stream()
                 raise ValueError(
                     "SLCA trains on a TaskStreamData datamodule (ClassIncremental, TaskStream): "
                     "pass it as `datamodule` to trainer.fit."
@@ -303,13 +302,13 @@ class SLCA(BackboneModule):
 
     def on_task_start(self, task: int) -> None:
         """Task ``task`` trains now: its head, and the ContinualAccuracy row, are current."""
-        task = check_int(task, "task", low=0, high=len(self._require_heads()) - 1)
+        task = check_int(task, "task", low=0, high=len(self._require_stream()) - 1)
         self.current_task.fill_(task)
         self.continual_accuracy.set_training_task(task)
 
     def on_task_end(self, task: int) -> None:
         """Class statistics of the task's classes, then the classifier alignment (task ≥ 1)."""
-        task = check_int(task, "task", low=0, high=len(self._require_heads()) - 1)
+        task = check_int(task, "task", low=0, high=len(self._require_stream()) - 1)
         if self.hparams.classifier_alignment:
             self._store_statistics(task)
             if task >= 1:
@@ -324,7 +323,7 @@ class SLCA(BackboneModule):
 
         ``aligned`` uses the aligned copy of the heads that the last alignment covered.
         """
-        self._require_heads()
+        self._require_stream()
         upto = int(self.aligned_tasks) if aligned and self.hparams.classifier_alignment else 0
         blocks = []
         for t in range(num_tasks):
@@ -355,7 +354,7 @@ class SLCA(BackboneModule):
 
     def classification_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The current task head's logits ``[B, k_t]`` and the labels' positions in it."""
-        self._require_heads()
+        self._require_stream()
         task = int(self.current_task)
         self._check_training_batch(batch, task)
         # every head enters the graph (so DDP sees all parameters used); only the current
@@ -391,7 +390,7 @@ class SLCA(BackboneModule):
     @override
     def head_modules(self) -> dict[str, nn.Module]:
         """``heads``, all tasks' (groups ``heads`` and ``heads_no_decay``)."""
-        self._require_heads()
+        self._require_stream()
         return {"heads": self.heads}
 
     # ------------------------------------------------------ class statistics
@@ -500,51 +499,6 @@ class SLCA(BackboneModule):
             (predictions == label).float()
         )
         return predictions
-
-    @override
-    def on_validation_epoch_start(self) -> None:
-        self.val_accuracy.reset()
-        if not self.trainer.sanity_checking:
-            self.continual_accuracy.reset_row(int(self.current_task))
-
-    @override
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        predictions = self._eval_step(batch, "val", int(self.current_task) + 1)
-        if not self.trainer.sanity_checking:
-            task = batch.get("task")
-            task = self.class_task[batch["label"]] if task is None else task
-            self.continual_accuracy.update(predictions, batch["label"], task)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc_top1", self.val_accuracy.compute(), sync_dist=True)  # equal on all
-        self.val_accuracy.reset()
-        if self.trainer.sanity_checking or int(self.ended_task) != int(self.current_task):
-            return
-        log_continual_summaries(self, self.continual_accuracy)  # every rank: syncs under DDP
-
-    @override
-    def on_fit_end(self) -> None:
-        if self.task_classes is None:
-            return
-        paths = save_accuracy_matrix(self, self.continual_accuracy)
-        if paths is not None:
-            self.accuracy_matrix_paths = paths
-
-    @override
-    def on_test_epoch_start(self) -> None:
-        self.test_accuracy.reset()
-
-    @override
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test", len(self._require_heads()))
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc_top1", self.test_accuracy.compute(), sync_dist=True)
-        self.test_accuracy.reset()
 
 
 def _head(dim: int, size: int) -> nn.Linear:
