@@ -13,7 +13,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
+from lightning_plugins.datamodules.task_stream_data import StreamSchedule, read_task_stream
 from lightning_plugins.functional._checks import check_int
 from lightning_plugins.metrics import ContinualAccuracy
 
@@ -23,6 +25,7 @@ __all__ = [
     "check_task_labels",
     "checked_task_classes",
     "log_continual_summaries",
+    "read_stream_at_setup",
     "save_accuracy_matrix",
     "seen_positions",
     "stream_class_maps",
@@ -207,6 +210,49 @@ def save_accuracy_matrix(
     if not trainer.is_global_zero:
         return None
     return metric.save(folder, result)
+
+
+def read_stream_at_setup(module: pl.LightningModule, stage: str) -> StreamSchedule | None:
+    """The part of ``setup`` every module on a task stream shares (SLCA, LoRAContinual).
+
+    Refuses sharded strategies (the module's state is replicated); reads the stream of
+    ``trainer.datamodule`` (:func:`read_task_stream`) and checks that the module's
+    ``task_classes``, when it has them already, are the datamodule's; under ``fit`` adds a
+    :class:`~lightning_plugins.callbacks.TaskBoundaries`. Without a datamodule, evaluating a
+    module that knows its classes is allowed (``None`` is returned); fitting is not.
+
+    Raises:
+        RuntimeError: from the module's ``_require_stream`` without a datamodule nor classes.
+        ValueError: for FSDP / ModelParallel, a fit without a datamodule, or
+            ``task_classes`` that differ from the datamodule's.
+    """
+    name, trainer = type(module).__name__, module.trainer
+    if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+        raise ValueError(
+            f"{name} does not support the sharded strategy {type(trainer.strategy).__name__} "
+            "yet (its heads, adapters and statistics are replicated on every rank); use DDP."
+        )
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        if stage == "fit" or module.task_classes is None:
+            module._require_stream()
+            raise ValueError(
+                f"{name} trains on a TaskStreamData datamodule (ClassIncremental, TaskStream): "
+                "pass it as `datamodule` to trainer.fit."
+            )
+        return None
+    schedule = read_task_stream(datamodule)
+    if module.task_classes is not None and module.task_classes != schedule.task_classes:
+        raise ValueError(
+            f"`task_classes` {[list(c) for c in module.task_classes]} differ from the "
+            f"datamodule's {type(datamodule).__name__}.task_classes "
+            f"{[list(c) for c in schedule.task_classes]}."
+        )
+    if stage == "fit":
+        from lightning_plugins.callbacks.task_boundaries import ensure_task_boundaries
+
+        ensure_task_boundaries(trainer)
+    return schedule
 
 
 class StreamEvaluation:

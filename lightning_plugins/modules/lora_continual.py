@@ -11,11 +11,9 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from lightning_plugins.datamodules.task_stream_data import read_task_stream
 from lightning_plugins.functional import proximal_strength, soft_threshold_
 from lightning_plugins.functional._checks import (
     check_bool,
@@ -44,6 +42,7 @@ from lightning_plugins.modules.continual_parts import (
     StreamEvaluation,
     check_task_labels,
     checked_task_classes,
+    read_stream_at_setup,
     seen_positions,
     stream_class_maps,
 )
@@ -284,26 +283,13 @@ class LoRAContinual(StreamEvaluation, pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        trainer = self.trainer
-        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
-            raise ValueError(
-                "LoRAContinual does not support the sharded strategy "
-                f"{type(trainer.strategy).__name__} yet; use DDP."
-            )
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            if stage == "fit" or self.task_classes is None:
-                self._require_stream()
-                raise ValueError(
-                    "LoRAContinual trains on a TaskStreamData datamodule (ClassIncremental, "
-                    "TaskStream): pass it as `datamodule` to trainer.fit."
-                )
+        schedule = read_stream_at_setup(self, stage)
+        if schedule is None:
             return
-        schedule = read_task_stream(datamodule)
         self.epochs_per_task = schedule.epochs_per_task
-        where = type(datamodule).__name__
         if self.task_classes is None:
-            names = getattr(datamodule, "class_names", None)
+            where = type(self.trainer.datamodule).__name__
+            names = getattr(self.trainer.datamodule, "class_names", None)
             if names is None:
                 raise ValueError(
                     f"LoRAContinual classifies by class-name prompts, but the datamodule "
@@ -318,15 +304,6 @@ class LoRAContinual(StreamEvaluation, pl.LightningModule):
             self.hparams["task_classes"] = [list(classes) for classes in schedule.task_classes]
             self.hparams["class_names"] = [str(name) for name in names]
             self._build_stream(schedule.task_classes, self.hparams["class_names"])
-        elif self.task_classes != schedule.task_classes:
-            raise ValueError(
-                f"`task_classes` {[list(c) for c in self.task_classes]} differ from the "
-                f"datamodule's {where}.task_classes {[list(c) for c in schedule.task_classes]}."
-            )
-        if stage == "fit":
-            from lightning_plugins.callbacks.task_boundaries import ensure_task_boundaries
-
-            ensure_task_boundaries(trainer)
 
     def on_task_start(self, task: int) -> None:
         """Task ``task`` trains now: its classes, its step count and its accuracy row."""

@@ -9,13 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from lightning_plugins.datamodules.task_stream_data import read_task_stream
 from lightning_plugins.distributed import get_rank, get_world_size, global_sum, is_distributed
 from lightning_plugins.functional import COVARIANCE_KINDS, class_moments, statistics_from_moments
 from lightning_plugins.functional._checks import check_bool, check_choice, check_float, check_int
@@ -26,6 +24,7 @@ from lightning_plugins.modules.continual_parts import (
     StreamEvaluation,
     check_task_labels,
     checked_task_classes,
+    read_stream_at_setup,
     seen_positions,
     stream_class_maps,
 )
@@ -270,35 +269,10 @@ class SLCA(StreamEvaluation, BackboneModule):
 
     @override
     def setup(self, stage: str) -> None:
-        trainer = self.trainer
-        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
-            raise ValueError(
-                f"SLCA does not support the sharded strategy {type(trainer.strategy).__name__} "
-                "yet (the heads and class statistics are replicated); use DDP."
-            )
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            if stage == "fit" or self.task_classes is None:
-                self._require_stream()
-                raise ValueError(
-                    "SLCA trains on a TaskStreamData datamodule (ClassIncremental, TaskStream): "
-                    "pass it as `datamodule` to trainer.fit."
-                )
-            return
-        schedule = read_task_stream(datamodule)
-        if self.task_classes is None:
+        schedule = read_stream_at_setup(self, stage)
+        if schedule is not None and self.task_classes is None:
             self.hparams["task_classes"] = [list(classes) for classes in schedule.task_classes]
             self._build_heads(schedule.task_classes)
-        elif self.task_classes != schedule.task_classes:
-            raise ValueError(
-                f"`task_classes` {[list(c) for c in self.task_classes]} differ from the "
-                f"datamodule's {type(datamodule).__name__}.task_classes "
-                f"{[list(c) for c in schedule.task_classes]}."
-            )
-        if stage == "fit":
-            from lightning_plugins.callbacks.task_boundaries import ensure_task_boundaries
-
-            ensure_task_boundaries(trainer)
 
     def on_task_start(self, task: int) -> None:
         """Task ``task`` trains now: its head, and the ContinualAccuracy row, are current."""
