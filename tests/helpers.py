@@ -11,12 +11,16 @@ one and no test inherits a half-finished collective.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
+import http.server
 import os
 import queue
 import socket
 import tempfile
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -154,3 +158,26 @@ def run_ddp(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any
             torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
             for r in range(world_size)
         ]
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | os.PathLike[str]) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) in a thread; yields its base URL.
+
+    Python's ``http.server``, quiet; ``<base>/<name>`` is ``folder/<name>``. Stopped on exit.
+    """
+    handler = functools.partial(_QuietHandler, directory=os.fspath(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: tests read their own output."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lightning_plugins.datamodules.shard_samples import open_shard, read_shard_sample, tar_groups
+from lightning_plugins.datamodules.shard_samples import read_shard, sample_fields
 from lightning_plugins.distributed import get_rank, get_world_size
 from lightning_plugins.functional._checks import check_bool, check_int, check_resume_state
 from lightning_plugins.functional.concept_lists import concept_csr
@@ -157,27 +157,43 @@ class ImageTextShards(IterableDataset):
             if skip >= self.sizes[shard]:
                 skip -= self.sizes[shard]
                 continue
-            path = self.shards[shard]
-            with open_shard(path) as tar:
-                for position, (key, parts) in enumerate(tar_groups(tar, path)):
+            url = self.shards[shard]
+            samples = read_shard(url)
+            position = -1
+            try:
+                for position, raw in enumerate(samples):
                     if position < skip:
                         continue
                     if limit is not None and self.position.yielded >= limit:
                         return
-                    image, caption, _ = read_shard_sample(tar, path, key, parts, images=True)
+                    if position >= self.sizes[shard]:
+                        raise ValueError(
+                            f"Shard {url!r} holds more than the {self.sizes[shard]} samples "
+                            f"counted for it (sample {raw['__key__']!r}); it changed since "
+                            "its samples were counted (or the shard index is stale)."
+                        )
+                    image, caption, _ = sample_fields(raw)
                     index = self.starts[shard] + position
                     sample: dict[str, Any] = {
                         "image_bytes": image,
                         "caption": caption,
                         "index": index,
-                        "__key__": key,
-                        "__url__": path,
+                        "__key__": raw["__key__"],
+                        "__url__": url,
                     }
                     if self.concepts is not None:
                         ids, offsets = self.concepts
                         sample["concepts"] = ids[offsets[index] : offsets[index + 1]].tolist()
                     self.position.advance()
                     yield sample
+            finally:
+                samples.close()
+            if position + 1 < self.sizes[shard]:
+                raise ValueError(
+                    f"Shard {url!r} holds {position + 1} samples, fewer than the "
+                    f"{self.sizes[shard]} counted for it; it changed since its samples were "
+                    "counted (or the shard index is stale)."
+                )
             skip = 0
 
     def config(self) -> dict[str, Any]:

@@ -1,158 +1,187 @@
-"""Samples of img2dataset / webdataset tar shards: member groups, captions and metadata."""
+"""Samples of img2dataset / webdataset tar shards, read with webdataset.
+
+webdataset opens the shard (:func:`~lightning_plugins.datamodules.shard_urls.open_url`),
+reads its members and groups them by sample key (``tar_file_expander``,
+``group_by_keys``). What is ours: the error messages (a corrupt or truncated shard
+names the shard and the last sample read; a sample without image or caption names the
+sample), reading caption and JSON metadata, and a check for the end-of-archive marker,
+which Python's ``tarfile`` (under webdataset) does not make: a tar cut at a member
+boundary would otherwise end early without an error.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
+
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from lightning_plugins.datamodules.concept_annotations import Concept, parse_concepts
+from lightning_plugins.datamodules.shard_urls import open_url
 
-__all__ = ["IMAGE_EXTENSIONS", "open_shard", "read_shard_sample", "scan_shards", "tar_groups"]
-
-_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
-"""What tarfile raises for a corrupt or truncated shard (``zlib.error``: a broken .tar.gz)."""
+__all__ = ["IMAGE_EXTENSIONS", "read_shard", "sample_fields", "scan_shards"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 """Image members of a shard sample, in order of preference."""
 
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+"""What reading a corrupt or truncated shard raises (``zlib.error``: a broken .tar.gz)."""
 
-def open_shard(path: str) -> tarfile.TarFile:
-    """Open the tar shard ``path``; an unreadable one is a ``ValueError`` naming it."""
+_END_MARKER = bytes(2 * tarfile.BLOCKSIZE)
+
+
+class _TailStream:
+    """A read-only stream that remembers its first bytes and its last 1024 bytes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.head = b""
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if len(self.head) < 2:
+            self.head += data[: 2 - len(self.head)]
+        if data:
+            self.tail = (self.tail + data)[-len(_END_MARKER) :]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def compressed(self) -> bool:
+        """A gzip stream (its own trailer, not tar's zero blocks, ends it)."""
+        return self.head[:2] == b"\x1f\x8b"
+
+    def __str__(self) -> str:
+        return str(self.stream)
+
+
+def _after(key: str | None) -> str:
+    return "before its first sample" if key is None else f"after sample {key!r}"
+
+
+def _message(err: BaseException) -> str:
+    first = err.args[0] if err.args else ""
+    return f"{type(err).__name__}: {str(first).split(' @ ')[0]}"
+
+
+def read_shard(url: str, images: bool = True) -> Iterator[dict[str, Any]]:
+    """The samples of shard ``url``: webdataset dicts of raw member bytes by extension.
+
+    Each dict has ``__key__``, ``__url__`` and one entry per member (``"jpg"``, ``"txt"``,
+    ``"json"``, ...). With ``images=False`` only the ``.txt`` and ``.json`` members are
+    kept (image bytes are skipped, not copied) and ``__image__`` says whether the sample
+    has an image member.
+
+    Raises:
+        ValueError: when the shard cannot be opened, or is corrupt or truncated (it names
+            ``url`` and the last sample read); a ``pipe:`` command that fails is an error
+            too.
+    """
+    stream = _TailStream(open_url(url))
+    with_image: set[str] = set()
+
+    def select(name: str) -> bool:
+        key, extension = base_plus_ext(name)
+        if extension is not None and extension.lower() in IMAGE_EXTENSIONS:
+            with_image.add(key)
+            return False
+        return True
+
+    key, complete = None, False
     try:
-        return tarfile.open(path, "r:*")
-    except _READ_ERRORS as err:
-        raise ValueError(f"Shard {path!r} is not a readable tar file: {err}.") from err
-
-
-def _members(tar: tarfile.TarFile, path: str | None) -> Iterator[tarfile.TarInfo]:
-    """The members of ``tar``; a corrupt or truncated shard is a ``ValueError`` naming it."""
-    members = iter(tar)
-    last = None
-    while True:
         try:
-            member = next(members)
-        except StopIteration:
-            break
+            files = tar_file_expander(
+                [{"url": url, "stream": stream}], select_files=None if images else select
+            )
+            for sample in group_by_keys(files):
+                key = sample["__key__"]
+                if not images:
+                    sample["__image__"] = key in with_image
+                    with_image.discard(key)
+                yield sample
+            stream.drain()
         except _READ_ERRORS as err:
             raise ValueError(
-                f"Shard {path or tar.name!r} is corrupt or truncated {_after(last)}: "
-                f"{type(err).__name__}: {err}."
+                f"Shard {url!r} is corrupt or truncated {_after(key)}: {_message(err)}."
             ) from err
-        last = member.name
-        yield member
-    # tarfile ends quietly at a header cut short; a complete tar ends with a zero block
-    try:
-        tar.fileobj.seek(tar.offset)
-        end = tar.fileobj.read(tarfile.BLOCKSIZE)
-    except _READ_ERRORS as err:
-        end = f"{type(err).__name__}: {err}"
-    if end != bytes(tarfile.BLOCKSIZE):
-        raise ValueError(
-            f"Shard {path or tar.name!r} is truncated {_after(last)}: it lacks the "
-            "end-of-archive marker, so samples after it are lost. Write the shard again."
-        )
+        if not stream.compressed() and stream.tail != _END_MARKER:
+            raise ValueError(
+                f"Shard {url!r} is truncated {_after(key)}: it lacks the end-of-archive "
+                "marker, so samples after it are lost. Write the shard again."
+            )
+        complete = True
+    finally:
+        try:
+            stream.stream.close()  # a pipe: command's exit status is checked here
+        except OSError as err:
+            if complete:  # a reader that stops early may end a pipe: command: no error
+                raise ValueError(f"Reading shard {url!r} failed: {_message(err)}.") from err
 
 
-def _after(member: str | None) -> str:
-    return "before its first member" if member is None else f"after member {member!r}"
-
-
-def tar_groups(
-    tar: tarfile.TarFile, path: str | None = None
-) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """Members of a shard grouped by sample key (webdataset: the name up to the first dot).
-
-    A corrupt or truncated shard raises a ``ValueError`` naming ``path`` (default: the tar
-    file's name) and the last member read.
-    """
-    key: str | None = None
-    parts: dict[str, tarfile.TarInfo] = {}
-    for member in _members(tar, path):
-        folder, base = os.path.split(member.name)
-        if not member.isfile() or base.startswith(".") or "." not in base:
-            continue
-        stem, _, extension = base.partition(".")
-        sample_key = f"{folder}/{stem}" if folder else stem
-        if sample_key != key:
-            if key is not None:
-                yield key, parts
-            key, parts = sample_key, {}
-        parts[extension.lower()] = member
-    if key is not None:
-        yield key, parts
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> bytes:
-    try:
-        handle = tar.extractfile(member)
-        if handle is None:  # pragma: no cover - files always have a handle
-            raise tarfile.ReadError("no file handle")
-        data = handle.read()
-    except _READ_ERRORS as err:
-        raise ValueError(
-            f"{where}: cannot read member {member.name!r} (corrupt or truncated shard): "
-            f"{type(err).__name__}: {err}."
-        ) from err
-    if len(data) != member.size:
-        raise ValueError(
-            f"{where}: member {member.name!r} holds {len(data)} of its {member.size} bytes "
-            "(truncated shard)."
-        )
-    return data
-
-
-def read_shard_sample(
-    tar: tarfile.TarFile, path: str, key: str, parts: dict[str, tarfile.TarInfo], images: bool
+def sample_fields(
+    sample: dict[str, Any], images: bool = True
 ) -> tuple[bytes | None, str, dict[str, Any]]:
-    """``(image bytes or None, caption, json metadata)`` of one shard sample."""
-    where = f"Sample {key!r} of shard {path!r}"
-    image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
-    if image is None:
+    """``(image bytes or None, caption, json metadata)`` of one webdataset sample.
+
+    The caption is the ``.txt`` member, else the ``caption`` of the ``.json``.
+
+    Raises:
+        ValueError: naming the sample's key and shard, for a sample without an image
+            member (read with ``images=False``: whose ``__image__`` is not true), without
+            a caption, or with a bad ``.json`` / ``.txt``.
+    """
+    where = f"Sample {sample.get('__key__')!r} of shard {sample.get('__url__')!r}"
+    image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if image is None and sample.get("__image__") is not True:
+        parts = sorted(k for k in sample if not k.startswith("__"))
         raise ValueError(
-            f"Sample {key!r} of shard {path!r} has no image member "
-            f"({', '.join(IMAGE_EXTENSIONS)}); it has {sorted(parts)}."
+            f"{where} has no image member ({', '.join(IMAGE_EXTENSIONS)}); it has {parts}."
         )
     metadata: dict[str, Any] = {}
-    if "json" in parts:
+    if "json" in sample:
         try:
-            metadata = json.loads(_read_member(tar, parts["json"], where))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Sample {key!r} of shard {path!r}: bad .json ({err}).") from err
+            metadata = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{where}: bad .json ({err}).") from err
         if not isinstance(metadata, dict):
-            raise ValueError(f"Sample {key!r} of shard {path!r}: .json is not an object.")
-    if "txt" in parts:
+            raise ValueError(f"{where}: .json is not an object.")
+    if "txt" in sample:
         try:
-            caption = _read_member(tar, parts["txt"], where).decode("utf-8")
+            caption = bytes(sample["txt"]).decode("utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"{where}: the .txt caption is not UTF-8 ({err}).") from err
     elif isinstance(metadata.get("caption"), str):
         caption = metadata["caption"]
     else:
         raise ValueError(
-            f"Sample {key!r} of shard {path!r} has no caption: no .txt member and no 'caption' "
-            "string in its .json."
+            f"{where} has no caption: no .txt member and no 'caption' string in its .json."
         )
-    return (_read_member(tar, image, where) if images else None), caption, metadata
+    return (bytes(image) if images else None), caption, metadata
 
 
 def scan_shards(
     shards: list[str], concepts_key: str | None
 ) -> tuple[list[int], list[list[Concept]], list[str]]:
-    """Samples per shard, concept lists and sample descriptions, reading no image bytes."""
+    """Samples per shard, concept lists and sample descriptions, reading no image bytes.
+
+    Every shard is read once through (over the network for remote ones); image members
+    are skipped.
+    """
     sizes, concepts, places = [], [], []
-    for path in shards:
+    for url in shards:
         size = 0
-        with open_shard(path) as tar:
-            for key, parts in tar_groups(tar, path):
-                where = f"sample {key!r} of shard {path!r}"
-                _, _, metadata = read_shard_sample(tar, path, key, parts, images=False)
-                if concepts_key is not None:
-                    concepts.append(parse_concepts(metadata.get(concepts_key), where, concepts_key))
-                    places.append(where)
-                size += 1
+        for sample in read_shard(url, images=False):
+            _, _, metadata = sample_fields(sample, images=False)
+            if concepts_key is not None:
+                where = f"sample {sample['__key__']!r} of shard {url!r}"
+                concepts.append(parse_concepts(metadata.get(concepts_key), where, concepts_key))
+                places.append(where)
+            size += 1
         sizes.append(size)
     return sizes, concepts, places

@@ -323,7 +323,7 @@ def test_truncated_shard_names_the_shard_and_the_sample(data, cut):
         "in_middle": len(whole) // 2,
     }[cut]
     (data / "cut.tar").write_bytes(whole[:position])
-    with pytest.raises(ValueError, match=r"Shard .*cut\.tar.* truncated (after member 'k0|before)"):
+    with pytest.raises(ValueError, match=r"Shard .*cut\.tar.* truncated (after sample 'k0|before)"):
         scan_shards([str(data / "cut.tar")], "concepts")
 
 
