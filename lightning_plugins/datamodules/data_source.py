@@ -1,51 +1,51 @@
-"""What a ``train`` / ``val`` value names: a manifest file or a list of tar shards."""
+"""What a ``train`` / ``val`` value names: a manifest, tar shards or a shard index."""
 
 from __future__ import annotations
 
-import glob
 import os
 
-from lightning_plugins.datamodules.expand_braces import expand_braces
+from lightning_plugins.datamodules.shard_urls import expand_shards, is_local, local_path
 from lightning_plugins.models import resolve_path
 
-__all__ = ["MANIFEST_SUFFIXES", "SHARD_SUFFIXES", "resolve_source"]
+__all__ = ["INDEX_SUFFIX", "MANIFEST_SUFFIXES", "resolve_source"]
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+INDEX_SUFFIX = ".json"
 
 
 def resolve_source(value: str | list[str], argument: str) -> tuple[str, list[str]]:
-    """``("manifest", [path])`` or ``("shards", paths)`` for a ``train`` / ``val`` value."""
-    allowed = (
-        f"a JSONL ({', '.join(MANIFEST_SUFFIXES[:2])}) or CSV (.csv) manifest, or tar shards "
-        "(.tar) as a path, a glob or brace pattern ('shards/{00000..00009}.tar') or a list"
-    )
+    """``("manifest", [path])``, ``("index", [url])`` or ``("shards", urls)`` for a value.
+
+    A string ending in ``.jsonl`` / ``.ndjson`` / ``.csv`` is a manifest, one ending in
+    ``.json`` a shard index (a wids dataset description, see
+    :mod:`~lightning_plugins.datamodules.shard_index`); anything else names shards (see
+    :func:`~lightning_plugins.datamodules.shard_urls.expand_shards`). ``"pkg:"`` paths are
+    resolved.
+
+    Raises:
+        ValueError: naming ``argument`` and the value, for a missing local manifest or
+            index, or shards that :func:`expand_shards` refuses.
+    """
     if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise ValueError(f"`{argument}`={value!r} must be {allowed}.")
-    if isinstance(value, str) and resolve_path(value).lower().endswith(MANIFEST_SUFFIXES):
-        path = resolve_path(value)
-        if not os.path.isfile(path):
-            raise ValueError(f"`{argument}`={value!r}: manifest file {path!r} does not exist.")
-        return "manifest", [path]
-    shards: list[str] = []
-    for item in items:
-        for pattern in expand_braces(resolve_path(item)):
-            if not pattern.lower().endswith(SHARD_SUFFIXES):
+        resolved = resolve_path(value)
+        lowered = resolved.split("?", 1)[0].lower()
+        if lowered.endswith(MANIFEST_SUFFIXES):
+            if not os.path.isfile(resolved):
                 raise ValueError(
-                    f"`{argument}`={value!r}: {pattern!r} has an unknown extension; `{argument}` "
-                    f"must be {allowed}."
+                    f"`{argument}`={value!r}: manifest file {resolved!r} does not exist."
                 )
-            if glob.has_magic(pattern):
-                matches = sorted(glob.glob(pattern))
-                if not matches:
-                    raise ValueError(f"`{argument}`={value!r}: {pattern!r} matches no file.")
-                shards.extend(matches)
-            elif os.path.isfile(pattern):
-                shards.append(pattern)
-            else:
-                raise ValueError(f"`{argument}`={value!r}: shard {pattern!r} does not exist.")
-    return "shards", shards
+            return "manifest", [resolved]
+        if lowered.endswith(INDEX_SUFFIX):
+            if is_local(resolved) and not os.path.isfile(local_path(resolved)):
+                raise ValueError(
+                    f"`{argument}`={value!r}: shard index {local_path(resolved)!r} does not exist."
+                )
+            return "index", [resolved]
+        return "shards", expand_shards(resolved, argument)
+    if isinstance(value, (list, tuple)):
+        items = [resolve_path(v) if isinstance(v, str) else v for v in value]
+        return "shards", expand_shards(items, argument)
+    raise ValueError(
+        f"`{argument}`={value!r} must be a JSONL / CSV manifest, a shard index (.json), or "
+        "tar shards (a path or URL, a brace pattern, a glob, a list file, or a list of them)."
+    )

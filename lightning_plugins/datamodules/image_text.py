@@ -9,21 +9,23 @@ from typing import Any
 
 import open_clip
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_plugins.datamodules.checked_resume import CheckedResume
+from lightning_plugins.datamodules.concept_annotations import Concept
 from lightning_plugins.datamodules.concept_vocabulary import concept_ids, read_vocabulary
 from lightning_plugins.datamodules.data_source import resolve_source
 from lightning_plugins.datamodules.decoding_stream import DecodingStream
-from lightning_plugins.datamodules.expand_braces import expand_braces
 from lightning_plugins.datamodules.image_text_pairs import ImageTextPairs
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
+from lightning_plugins.datamodules.indexed_shards import IndexedShards
 from lightning_plugins.datamodules.labelled_images import LabelledImages, read_labelled_images
 from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_image
+from lightning_plugins.datamodules.shard_index import read_shard_index
 from lightning_plugins.datamodules.shard_samples import scan_shards
 from lightning_plugins.datamodules.stateful_loader import stateful_loader
 from lightning_plugins.distributed import get_rank, get_world_size
@@ -42,29 +44,30 @@ from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
 from lightning_plugins.sampling.concept_aware_batch_sampler import super_batch_size
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
 
-# The datasets, `decode_image` and `expand_braces` live in their own modules and are
-# re-exported for imports from here; patch `sample_decoding.decode_image`, which is where
-# decoding looks it up.
+# The datasets and `decode_image` live in their own modules and are re-exported for
+# imports from here; patch `sample_decoding.decode_image`, which is where decoding looks
+# it up.
 __all__ = [
     "DecodingStream",
     "ImageTextDataModule",
     "ImageTextPairs",
     "ImageTextShards",
+    "IndexedShards",
     "decode_image",
-    "expand_braces",
 ]
 
 SAMPLINGS = ("iid", "cabs")
+SHARD_ACCESS = ("stream", "indexed")
 
 
 @dataclass
 class _Split:
     """One split's source and what :meth:`ImageTextDataModule.setup` read of it."""
 
-    kind: str | None  # "manifest", "shards", or None for no data
+    kind: str | None  # "manifest", "shards", "index" (shards after setup), or None: no data
     paths: list[str]
     sizes: list[int] = field(default_factory=list)  # samples per shard
-    dataset: ImageTextPairs | None = None  # a manifest's pairs
+    dataset: ImageTextPairs | IndexedShards | None = None  # map-style: manifest, indexed
     concepts: tuple[torch.Tensor, torch.Tensor] | None = None  # training annotations (CSR)
     ready: bool = False
 
@@ -82,13 +85,28 @@ class ImageTextDataModule(CheckedResume):
       that look like numbers. A missing or empty field means no concepts;
     - webdataset tar shards as written by img2dataset: members ``<key>.jpg`` (or
       ``.jpeg``, ``.png``, ``.webp``), ``<key>.txt`` (the caption) and ``<key>.json``
-      (metadata with the concepts under ``concepts_key``). Give a path, a glob, a brace
-      pattern like ``"shards/{00000..00009}.tar"`` (quote it in YAML, where bare braces
-      are a mapping) or a list of them. Shards are split
-      across DDP ranks and DataLoader workers, so **their number should be a multiple of
-      ranks x workers**; each rank reads as many samples per epoch as the smallest
-      share holds (equal numbers of batches on every rank), and the shard order is
-      reshuffled every epoch.
+      (metadata with the concepts under ``concepts_key``), read with webdataset. Give a
+      path or URL (``file:``, ``pipe:<command writing the shard to stdout>``,
+      ``http(s)://``), a brace pattern like ``"s3/{00000..00009}.tar"`` (quote it in YAML,
+      where bare braces are a mapping), a glob over local files, a text file listing
+      shards (``.txt``), or a list of them;
+    - a shard index (``.json``): a wids dataset description with each shard's URL and
+      sample count, and optionally its concepts (write one with
+      :func:`~lightning_plugins.datamodules.shard_index.write_shard_index`); setup then
+      reads no shard.
+
+    **Shard access.** ``shard_access="stream"`` (default) reads shards front to back:
+    they are split across DDP ranks and DataLoader workers, so **their number should be a
+    multiple of ranks x workers**; each rank reads as many samples per epoch as the
+    smallest share holds (equal numbers of batches on every rank: our accounting on top of
+    webdataset's reader, not ``with_epoch``), the shard order is reshuffled every epoch,
+    and a mid-epoch checkpoint resumes the stream exactly where it stood. ``"indexed"``
+    reads samples by index through wids
+    (:class:`~lightning_plugins.datamodules.indexed_shards.IndexedShards`), as a manifest
+    is read: i.i.d. with a :class:`ShuffleSampler`, CABS with a
+    :class:`ConceptAwareBatchSampler` (exact batches, DDP without communication, exact
+    resume). Remote shards are then downloaded once into ``cache_dir`` and memory-mapped;
+    ``.tar.gz`` shards cannot be.
 
     **Concept vocabulary.** Concepts may be names or integer ids (not both). Names map to
     ids through ``concept_vocabulary`` (a text file with one name per line, or a list):
@@ -98,8 +116,9 @@ class ImageTextDataModule(CheckedResume):
     random (another order changes single random draws, not what CABS prefers). Integer
     ids are used as they are (names ``"0"``, ``"1"``, ...). After :meth:`setup` the module
     has ``num_concepts``, ``concept_names`` and ``concept_frequencies``
-    (``[num_concepts]`` int64 occurrences in the training set). For shards, ``setup``
-    reads every ``.txt`` and ``.json`` member once (no image data) to count samples and
+    (``[num_concepts]`` int64 occurrences in the training set). For shards without an
+    index (or an index without concepts), ``setup`` reads every shard once, keeping only
+    the ``.txt`` and ``.json`` members (no image is decoded), to count samples and
     concepts.
 
     **Zero-shot evaluation.** ``zero_shot_val`` names labelled images: a JSONL / CSV
@@ -114,22 +133,23 @@ class ImageTextDataModule(CheckedResume):
     validation is retrieval only.
 
     **Sampling.** ``"iid"`` shuffles (map-style: a :class:`ShuffleSampler` per epoch;
-    shards: the shard order). ``"cabs"`` is Concept-Aware Batch Sampling: each batch is
-    chosen from a super-batch of ``batch_size / (1 - filter_ratio)`` candidates by their
-    concepts. For a manifest this is a
+    streamed shards: the shard order). ``"cabs"`` is Concept-Aware Batch Sampling: each
+    batch is chosen from a super-batch of ``batch_size / (1 - filter_ratio)`` candidates by
+    their concepts. For a manifest and indexed shards this is a
     :class:`~lightning_plugins.sampling.ConceptAwareBatchSampler` over the annotations
     (created in :meth:`train_dataloader`, so Lightning gives it a ``DistributedSampler``
-    under DDP); for shards a
+    under DDP); for streamed shards a
     :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream` over
-    undecoded samples. Either way only the chosen samples' images are decoded.
+    undecoded samples, which chooses on the metadata read with them. Either way only the
+    chosen samples' images are decoded.
 
     **State.** The constructor's arguments stay attributes of the same names (except the
     CABS settings, grouped in ``cabs``, and ``mean`` / ``std``, kept in ``transforms``);
     what :meth:`setup` reads is in one record per split and in ``num_concepts``,
     ``concept_names`` and ``concept_frequencies``; zero-shot evaluation adds
-    ``zero_shot_val``, its dataset and the three protocol attributes. That makes 23
-    attributes, and the class is long mostly for this docstring (two data formats, the
-    vocabulary, two samplings, zero-shot data).
+    ``zero_shot_val``, its dataset and the three protocol attributes. That makes 25
+    attributes, and the class is long mostly for this docstring (three data sources, two
+    shard accesses, the vocabulary, two samplings, zero-shot data).
 
     **Batches.** Training batches hold ``image`` (``[B, 3, S, S]`` float, open_clip's
     transform), ``caption`` (list of ``B`` strings; the module tokenizes them),
@@ -137,28 +157,30 @@ class ImageTextDataModule(CheckedResume):
     int64 position in the training set). Validation batches of retrieval pairs hold
     ``image``, ``caption`` and ``index``; those of ``zero_shot_val`` hold ``image``,
     ``label`` and ``index``; the validation loaders are ``[zero-shot, retrieval]`` (either
-    alone when only one is given). Training loaders are torchdata
-    ``StatefulDataLoader``s, so a run resumed from a mid-epoch checkpoint continues the
-    same stream. For shards the epoch is counted by the dataset itself (Lightning calls
-    ``set_epoch`` on samplers only), one per pass; workers are kept alive across epochs
-    so that their count carries on. With ``drop_last`` (the default) the i.i.d. loader
-    drops the last incomplete batch of every epoch, as open_clip's does: a contrastive
-    loss never sees a batch of a single pair. CABS never yields incomplete batches.
+    alone when only one is given; validation shards are always streamed). Training
+    loaders are torchdata ``StatefulDataLoader``s, so a run resumed from a mid-epoch
+    checkpoint continues the same stream. For streamed shards the epoch is counted by the
+    dataset itself (Lightning calls ``set_epoch`` on samplers only), one per pass; workers
+    are kept alive across epochs so that their count carries on. With ``drop_last`` (the
+    default) the i.i.d. loader drops the last incomplete batch of every epoch, as
+    open_clip's does: a contrastive loss never sees a batch of a single pair. CABS never
+    yields incomplete batches.
 
     **Bad samples.** An image that cannot be decoded (missing, truncated, not an image)
     or a shard that cannot be read stops training with a ``ValueError`` naming the file
     or shard and the sample; nothing is skipped silently.
 
     **Resuming.** :meth:`state_dict` (saved by Lightning in checkpoints) holds the
-    settings the training stream depends on (``sampling``, ``batch_size``, ``seed``,
-    ``num_workers``, ``drop_last``, the number of training samples and, for CABS,
-    ``filter_ratio``); resuming with other values raises a ``ValueError`` naming each,
-    before any batch is loaded, instead of skipping data or failing inside the loader.
+    settings the training stream depends on (``sampling``, ``shard_access``,
+    ``batch_size``, ``seed``, ``num_workers``, ``drop_last``, the number of training
+    samples and, for CABS, ``filter_ratio``); resuming with other values raises a
+    ``ValueError`` naming each, before any batch is loaded, instead of skipping data or
+    failing inside the loader.
     Checkpoints without this state (earlier versions) resume unchecked.
 
     Args:
-        train: training manifest path, or shard path(s) / pattern. ``"pkg:<package>/<path>"``
-            names a file in an installed package.
+        train: training manifest path, shard index, or shard path(s) / URL(s) / pattern.
+            ``"pkg:<package>/<path>"`` names a file in an installed package.
         val: validation (retrieval) pairs in the same forms, or ``None``.
         image_size: side of the square images; ``None`` takes ``model_name``'s image size,
             else 224.
@@ -188,13 +210,18 @@ class ImageTextDataModule(CheckedResume):
         templates: zero-shot prompt templates with one ``{}``; ``None`` for the default.
         class_groups: named subsets of class ids reported apart (``zero_shot_top1_<name>``),
             or ``None``.
+        shard_access: training shards: ``"stream"`` (read front to back) or ``"indexed"``
+            (random access through wids).
+        cache_dir: ``"indexed"``: the folder remote shards are downloaded to (and local
+            ones linked from); ``None`` for ``$WIDS_CACHE`` or a folder in the temp dir.
 
     Raises:
         TypeError: at construction for a size, ``num_workers`` or ``seed`` that is not an
             integer, or a ``drop_last`` that is not a bool; at :meth:`setup` for a concept
             id that is not an integer (``1.5`` is never truncated).
         ValueError: at construction for a bad argument (missing file, unknown extension,
-            unknown ``sampling`` / ``cabs_variant`` / ``model_name``, ``filter_ratio``
+            unknown ``sampling`` / ``cabs_variant`` / ``model_name`` / ``shard_access``,
+            ``"indexed"`` with a manifest or ``.tar.gz`` shards, ``filter_ratio``
             outside ``[0, 1)``, non-positive sizes); at :meth:`setup` for bad data (a row
             without ``image`` / ``caption``, an unknown concept name, more concepts than
             ``max_objects``, ``"cabs"`` without any annotation, ``cabs_targets`` that do
@@ -250,6 +277,8 @@ class ImageTextDataModule(CheckedResume):
         class_names: str | list[str] | None = None,
         templates: list[str] | None = None,
         class_groups: dict[str, list[int]] | None = None,
+        shard_access: str = "stream",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -257,6 +286,9 @@ class ImageTextDataModule(CheckedResume):
         num_workers = check_int(num_workers, "num_workers", low=0)
         seed = check_int(seed, "seed")
         check_choice(sampling, "sampling", SAMPLINGS)
+        check_choice(shard_access, "shard_access", SHARD_ACCESS)
+        if cache_dir is not None and not isinstance(cache_dir, str):
+            raise TypeError(f"`cache_dir` must be a folder path or None, got {cache_dir!r}.")
         self.drop_last = check_bool(drop_last, "drop_last")
         check_cabs_arguments(filter_ratio, cabs_variant, cabs_cap, cabs_targets, prefix="cabs_")
         if not isinstance(concepts_key, str) or not concepts_key:
@@ -303,6 +335,18 @@ class ImageTextDataModule(CheckedResume):
         if templates is not None:
             check_templates(templates)
         self._train = _Split(*resolve_source(train, "train"))
+        if shard_access == "indexed" and self._train.kind == "manifest":
+            raise ValueError(
+                f"`shard_access`='indexed' reads tar shards by index, but `train`={train!r} "
+                "is a manifest (which is always read by index); leave `shard_access` at "
+                "'stream' or give shards."
+            )
+        compressed = [p for p in self._train.paths if p.lower().endswith((".tar.gz", ".tgz"))]
+        if shard_access == "indexed" and compressed:
+            raise ValueError(
+                f"`shard_access`='indexed' memory-maps the shards, which {compressed[0]!r} "
+                "(compressed) cannot be: unpack the shards, or use `shard_access`='stream'."
+            )
         self._val = _Split(None, []) if val is None else _Split(*resolve_source(val, "val"))
         self.vocabulary = (
             None if concept_vocabulary is None else read_vocabulary(concept_vocabulary)
@@ -313,6 +357,8 @@ class ImageTextDataModule(CheckedResume):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.sampling = sampling
+        self.shard_access = shard_access
+        self.cache_dir = cache_dir
         self.cabs = {
             "filter_ratio": float(filter_ratio),
             "variant": cabs_variant,
@@ -340,8 +386,8 @@ class ImageTextDataModule(CheckedResume):
         self.class_groups: dict[str, list[int]] | None = class_groups
 
     @property
-    def train_set(self) -> ImageTextPairs | None:
-        """The training pairs of a manifest (after :meth:`setup`); ``None`` for shards."""
+    def train_set(self) -> ImageTextPairs | IndexedShards | None:
+        """The map-style training set after :meth:`setup` (``None`` for streamed shards)."""
         return self._train.dataset
 
     @property
@@ -351,7 +397,7 @@ class ImageTextDataModule(CheckedResume):
 
     @property
     def train_paths(self) -> list[str]:
-        """The training manifest (one path) or shard paths."""
+        """The training manifest (one path), shard index (before :meth:`setup`) or shards."""
         return self._train.paths
 
     # ------------------------------------------------------------------------- setup
@@ -373,7 +419,7 @@ class ImageTextDataModule(CheckedResume):
                 split.paths[0], self.concepts_key, "train"
             )
         else:
-            split.sizes, raw, places = scan_shards(split.paths, self.concepts_key)
+            raw, places = _read_shards(split, self.concepts_key, "train")
             if sum(split.sizes) == 0:
                 raise ValueError(f"`train`={self.train!r}: the shards hold no samples.")
         names, ids = concept_ids(raw, places, self.vocabulary)
@@ -408,6 +454,15 @@ class ImageTextDataModule(CheckedResume):
             split.dataset = ImageTextPairs(
                 images, captions, csr, self.transforms["train"], self.max_objects
             )
+        elif self.shard_access == "indexed":
+            split.dataset = IndexedShards(
+                split.paths,
+                split.sizes,
+                csr,
+                transform=self.transforms["train"],
+                max_objects=self.max_objects,
+                cache_dir=self.cache_dir,
+            )
         split.ready = True
 
     def _setup_val(self) -> None:
@@ -415,8 +470,8 @@ class ImageTextDataModule(CheckedResume):
         if split.kind == "manifest":
             images, captions, _, _ = read_manifest(split.paths[0], None, "val")
             split.dataset = ImageTextPairs(images, captions, None, self.transforms["eval"])
-        elif split.kind == "shards":
-            split.sizes, _, _ = scan_shards(split.paths, None)
+        elif split.kind is not None:
+            _read_shards(split, None, "val")
         split.ready = True
 
     def _setup_zero_shot(self) -> None:
@@ -457,7 +512,7 @@ class ImageTextDataModule(CheckedResume):
             "seed": self.seed,
             "num_concepts": self.num_concepts,
         }
-        if split.kind == "manifest":
+        if split.dataset is not None:  # map-style: a manifest or indexed shards
             if self.sampling == "iid":
                 sampler = ShuffleSampler(len(split.dataset), seed=self.seed)
                 return stateful_loader(
@@ -479,6 +534,7 @@ class ImageTextDataModule(CheckedResume):
         config: dict[str, Any] = {
             "kind": type(self).__name__,
             "sampling": self.sampling,
+            "shard_access": self.shard_access,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "num_workers": self.num_workers,
@@ -489,7 +545,7 @@ class ImageTextDataModule(CheckedResume):
         if self._train.ready:
             config["train_samples"] = (
                 len(self._train.dataset)
-                if self._train.dataset is not None
+                if self._train.kind == "manifest"
                 else sum(self._train.sizes)
             )
         return config
@@ -529,6 +585,38 @@ class ImageTextDataModule(CheckedResume):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation pairs."""
         return self.val_dataloader()
+
+
+def _read_shards(
+    split: _Split, concepts_key: str | None, argument: str
+) -> tuple[list[list[Concept]], list[str]]:
+    """Fill ``split.paths`` / ``sizes`` from its index or a scan; concept lists and places.
+
+    A scan reads every shard once (``.txt`` / ``.json`` members only); it is skipped when
+    an index gives the sizes and, with ``concepts_key``, the concepts under that key.
+
+    Raises:
+        ValueError: for an index whose concepts were read under another key.
+    """
+    if split.kind == "index":
+        index = read_shard_index(split.paths[0], argument)
+        split.kind, split.paths, split.sizes = "shards", index.urls, index.sizes
+        if concepts_key is None:
+            return [], []
+        if index.concepts is not None:
+            if index.concepts_key != concepts_key:
+                raise ValueError(
+                    f"`{argument}`: the shard index holds concepts under "
+                    f"{index.concepts_key!r}, but `concepts_key`={concepts_key!r}; write the "
+                    "index with that key, or set `concepts_key` to the index's."
+                )
+            return index.concepts, index.places
+        rank_zero_info(
+            f"The shard index of `{argument}` has no concepts: reading them from all "
+            f"{len(index.urls)} shards (write the index with concepts to skip this)."
+        )
+    split.sizes, raw, places = scan_shards(split.paths, concepts_key)
+    return raw, places
 
 
 def _shard_stream(

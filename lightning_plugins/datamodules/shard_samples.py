@@ -61,6 +61,13 @@ class _TailStream:
         return str(self.stream)
 
 
+def _command_status(stream: Any) -> int | None:
+    """The exit status of a ``pipe:`` shard's command, if it ended in failure."""
+    process = getattr(stream, "proc", None)
+    status = None if process is None else process.poll()
+    return status if status not in (None, 0, *getattr(stream, "ignore_status", ())) else None
+
+
 def _after(key: str | None) -> str:
     return "before its first sample" if key is None else f"after sample {key!r}"
 
@@ -107,6 +114,12 @@ def read_shard(url: str, images: bool = True) -> Iterator[dict[str, Any]]:
                 yield sample
             stream.drain()
         except _READ_ERRORS as err:
+            status = _command_status(stream.stream)
+            if status:
+                raise ValueError(
+                    f"Shard {url!r}: its command exited with status {status} {_after(key)}; "
+                    "the samples after it are lost."
+                ) from err
             raise ValueError(
                 f"Shard {url!r} is corrupt or truncated {_after(key)}: {_message(err)}."
             ) from err
@@ -121,7 +134,10 @@ def read_shard(url: str, images: bool = True) -> Iterator[dict[str, Any]]:
             stream.stream.close()  # a pipe: command's exit status is checked here
         except OSError as err:
             if complete:  # a reader that stops early may end a pipe: command: no error
-                raise ValueError(f"Reading shard {url!r} failed: {_message(err)}.") from err
+                raise ValueError(
+                    f"Shard {url!r}: its command exited with status "
+                    f"{_command_status(stream.stream)} after its last sample."
+                ) from err
 
 
 def sample_fields(

@@ -125,7 +125,8 @@ def _read_list_file(path: str, argument: str) -> list[str]:
             if is_local(entry) and not os.path.isabs(local_path(entry)):
                 entry = os.path.join(folder, local_path(entry))
             where = f"line {number} of the shard list {path!r}"
-            shards.extend(_check_shard(entry, argument, where))
+            for url in braceexpand.braceexpand(entry):
+                shards.extend(_check_shard(url, argument, where))
     return shards
 
 

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 
 from lightning_plugins.datamodules import ImageTextDataModule, sample_decoding
 from lightning_plugins.datamodules.decoding_stream import DecodingStream
-from lightning_plugins.datamodules.expand_braces import expand_braces
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.sampling import ConceptAwareBatchSampler
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
@@ -47,7 +46,11 @@ def jpeg(i: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("image_text")
+    return write_data(tmp_path_factory.mktemp("image_text"))
+
+
+def write_data(root: Path) -> Path:
+    """Images with a JSONL and a CSV manifest, and 3 shards of 8 samples (img2dataset)."""
     (root / "images").mkdir()
     rows = []
     for i in range(N):
@@ -316,13 +319,6 @@ def test_shards_resume_mid_epoch(data, sampling, num_workers):
     resumed.load_state_dict(state)
     assert indices(resumed) == rest and len(rest) > 0
     assert indices(resumed) == next_epoch
-
-
-def test_expand_braces():
-    assert expand_braces("s/{8..10}.tar") == ["s/8.tar", "s/9.tar", "s/10.tar"]
-    assert expand_braces("s/{008..010}.tar") == ["s/008.tar", "s/009.tar", "s/010.tar"]
-    assert expand_braces("{a,b{1..2}}.tar") == ["a.tar", "b1.tar", "b2.tar"]
-    assert expand_braces("plain.tar") == ["plain.tar"]
 
 
 # ------------------------------------------------------------------------ validation
