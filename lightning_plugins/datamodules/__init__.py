@@ -3,6 +3,7 @@
 from lightning_plugins.datamodules.class_incremental import ClassIncremental
 from lightning_plugins.datamodules.digits import Digits
 from lightning_plugins.datamodules.image_text import ImageTextDataModule
+from lightning_plugins.datamodules.indexed_shards import IndexedShards
 from lightning_plugins.datamodules.lego_skills import LegoDataset, LegoSkills
 from lightning_plugins.datamodules.mixture import MixtureDataModule
 from lightning_plugins.datamodules.synthetic_shapes import (
@@ -16,6 +17,7 @@ __all__ = [
     "ClassIncremental",
     "Digits",
     "ImageTextDataModule",
+    "IndexedShards",
     "LegoDataset",
     "LegoSkills",
     "MixtureDataModule",

@@ -524,10 +524,14 @@ class ImageTextDataModule(CheckedResume):
                 )
             batch_sampler = ConceptAwareBatchSampler(split.concepts, **cabs)
             return stateful_loader(split.dataset, batch_sampler=batch_sampler, **workers)
-        source = _shard_stream(split, self.sampling, cabs, *self._world(), self.num_workers)
-        dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
         drop_last = self.drop_last and self.sampling == "iid"  # CABS: whole batches only
-        return stateful_loader(dataset, batch_size=self.batch_size, drop_last=drop_last, **workers)
+        source, batches = _shard_stream(
+            split, self.sampling, cabs, *self._world(), self.num_workers, drop_last
+        )
+        dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
+        return stateful_loader(
+            dataset, batches, batch_size=self.batch_size, drop_last=drop_last, **workers
+        )
 
     def config(self) -> dict[str, Any]:
         """The settings the training stream (and a saved loader position) depends on."""
@@ -626,12 +630,13 @@ def _shard_stream(
     num_replicas: int,
     rank: int,
     num_workers: int,
-) -> Iterable[dict[str, Any]]:
-    """Undecoded training samples of this rank from shards: the shard reader, or CABS on it.
+    drop_last: bool,
+) -> tuple[Iterable[dict[str, Any]], int]:
+    """This rank's undecoded training samples (the reader, or CABS on it) and batch count.
 
     Raises:
         ValueError: for shards so few or small that a worker's share of an epoch holds
-            not one CABS super-batch (or no sample at all).
+            not one CABS super-batch (or batch, under ``drop_last``; or sample).
     """
     per_rank = max(1, num_workers)
     if len(split.paths) % (num_replicas * per_rank):
@@ -650,14 +655,18 @@ def _shard_stream(
         num_replicas=num_replicas,
         rank=rank,
     )
-    share = min(sum(split.sizes[s] for s in shards) for shards in reader.assignment(0, per_rank))
-    cabs_sampling = sampling == "cabs"
-    needed = super_batch_size(cabs["batch_size"], cabs["filter_ratio"]) if cabs_sampling else 1
+    share = reader.consumer_samples(per_rank)
+    size = cabs["batch_size"]
+    if sampling == "cabs":
+        needed, unit = super_batch_size(size, cabs["filter_ratio"]), "CABS super-batch"
+    else:
+        needed, unit = (size, "batch (`drop_last`)") if drop_last else (1, "sample")
     if share < needed:
         raise ValueError(
             f"Each of the {num_replicas} ranks x {per_rank} workers reads only {share} "
-            f"training samples per epoch, fewer than one "
-            f"{'CABS super-batch' if cabs_sampling else 'sample'} ({needed}); use more or "
+            f"training samples per epoch, fewer than one {unit} ({needed}); use more or "
             "larger shards, fewer workers, or a smaller `batch_size` / `filter_ratio`."
         )
-    return ConceptAwareStream(reader, **cabs) if cabs_sampling else reader
+    if sampling == "cabs":  # every worker forms whole super-batches from its share
+        return ConceptAwareStream(reader, **cabs), per_rank * (share // needed)
+    return reader, per_rank * (share // size if drop_last else -(-share // size))

@@ -37,10 +37,11 @@ class ImageTextShards(IterableDataset):
     (rank ``r``, worker ``w`` of ``W``) reads every ``R * W``-th shard of the epoch's shard
     order, so the number of shards should be a multiple of ``R * W``. With
     ``shuffle=True`` the shard order is a permutation drawn from ``seed + epoch``; samples
-    inside a shard keep their order. With ``equalize=True`` every consumer stops after as
-    many samples as the smallest consumer's share holds, so every rank yields the same
-    number of samples (DDP needs equal numbers of batches); the dropped tail changes with
-    the epoch's shard order.
+    inside a shard keep their order. With ``equalize=True`` every consumer stops after
+    :meth:`consumer_samples` samples: the smallest share any consumer can get in any
+    epoch (the sum of the ``K // (R * W)`` smallest shards, for ``K`` shards), so every
+    rank yields the same number of samples (DDP needs equal numbers of batches) and every
+    epoch has the same length; the dropped tails change with the epoch's shard order.
 
     ``state_dict`` holds the epoch and the samples handed out in it; after
     ``load_state_dict`` the next iteration skips them (whole shards without opening them).
@@ -58,7 +59,7 @@ class ImageTextShards(IterableDataset):
             ``(ids, offsets)`` tensors), or ``None`` for no ``concepts`` key.
         shuffle: draw a new shard order every epoch.
         seed: seed of the shard order.
-        equalize: cut every consumer to the smallest consumer's number of samples.
+        equalize: cut every consumer to :meth:`consumer_samples` samples.
         num_replicas: number of DDP ranks; ``torch.distributed``'s (at construction) if
             ``None``.
         rank: this rank; ``torch.distributed``'s (at construction) if ``None``.
@@ -140,14 +141,24 @@ class ImageTextShards(IterableDataset):
         order = self.shard_order(epoch)
         return [order[consumer::consumers] for consumer in range(consumers)]
 
+    def consumer_samples(self, num_workers: int = 1) -> int:
+        """Samples each consumer yields per epoch under ``equalize`` (the same every epoch).
+
+        Every consumer reads ``K // C`` or ``K // C + 1`` of the ``K`` shards (``C`` =
+        ranks x ``num_workers``), so none can hold fewer than the ``K // C`` smallest.
+
+        Raises:
+            ValueError: for fewer shards than consumers.
+        """
+        consumers = self.num_replicas * max(1, num_workers)
+        self.assignment(0, max(1, num_workers))  # checks that every consumer gets a shard
+        return sum(sorted(self.sizes)[: len(self.shards) // consumers])
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         num_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        assignment = self.assignment(self.epoch, num_workers)
-        mine = assignment[self.rank * num_workers + worker]
-        limit = None
-        if self.equalize:
-            limit = min(sum(self.sizes[s] for s in shards) for shards in assignment)
+        mine = self.assignment(self.epoch, num_workers)[self.rank * num_workers + worker]
+        limit = self.consumer_samples(num_workers) if self.equalize else None
         return self._samples(mine, self.position.start(), limit)
 
     def _samples(self, mine: list[int], skip: int, limit: int | None) -> Iterator[dict[str, Any]]:

@@ -18,17 +18,15 @@ import hashlib
 import os
 import secrets
 import shutil
-import tarfile
 import tempfile
 import urllib.parse
 from http.client import HTTPException
 
+from lightning_plugins.datamodules.shard_samples import END_OF_ARCHIVE, GZIP_MAGIC
 from lightning_plugins.datamodules.shard_urls import is_local, local_path, open_url
 
 __all__ = ["ShardCache", "default_cache_dir"]
 
-_END_MARKER = bytes(2 * tarfile.BLOCKSIZE)
-_GZIP_MAGIC = b"\x1f\x8b"
 _DOWNLOAD_ERRORS = (OSError, HTTPException, ValueError)
 """What a failing download raises (``HTTPException``: e.g. an incomplete HTTP read)."""
 
@@ -162,17 +160,17 @@ class ShardCache:
             with open(local, "rb") as handle:
                 head = handle.read(2)
                 size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(size - len(_END_MARKER), 0))
+                handle.seek(max(size - len(END_OF_ARCHIVE), 0))
                 tail = handle.read()
         except OSError as err:
             reason = err.strerror or str(err)
             raise ValueError(f"Cannot open shard {url!r}: {type(err).__name__}: {reason}.") from err
-        if head == _GZIP_MAGIC:
+        if head == GZIP_MAGIC:
             problem = (
                 f"Shard {url!r} is gzip-compressed; indexed access memory-maps the shards; "
                 ".tar.gz cannot be: unpack them or use the streaming path."
             )
-        elif tail != _END_MARKER:
+        elif tail != END_OF_ARCHIVE:
             problem = (
                 f"Shard {url!r} is truncated: it lacks the end-of-archive marker (it holds "
                 f"{size} bytes), so samples at its end may be lost. Write the shard again."

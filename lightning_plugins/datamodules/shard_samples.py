@@ -12,6 +12,7 @@ boundary would otherwise end early without an error.
 from __future__ import annotations
 
 import json
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,14 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from lightning_plugins.datamodules.concept_annotations import Concept, parse_concepts
 from lightning_plugins.datamodules.shard_urls import open_url
 
-__all__ = ["IMAGE_EXTENSIONS", "read_shard", "sample_fields", "scan_shards"]
+__all__ = [
+    "END_OF_ARCHIVE",
+    "GZIP_MAGIC",
+    "IMAGE_EXTENSIONS",
+    "read_shard",
+    "sample_fields",
+    "scan_shards",
+]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 """Image members of a shard sample, in order of preference."""
@@ -30,7 +38,11 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 """What reading a corrupt or truncated shard raises (``zlib.error``: a broken .tar.gz)."""
 
-_END_MARKER = bytes(2 * tarfile.BLOCKSIZE)
+END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
+"""The last 1024 bytes of every complete uncompressed tar (two zero blocks)."""
+
+GZIP_MAGIC = b"\x1f\x8b"
+"""The first two bytes of a gzip-compressed shard."""
 
 
 class _TailStream:
@@ -45,8 +57,10 @@ class _TailStream:
         data = self.stream.read(size)
         if len(self.head) < 2:
             self.head += data[: 2 - len(self.head)]
-        if data:
-            self.tail = (self.tail + data)[-len(_END_MARKER) :]
+        if len(data) >= len(END_OF_ARCHIVE):
+            self.tail = data[-len(END_OF_ARCHIVE) :]
+        elif data:
+            self.tail = (self.tail + data)[-len(END_OF_ARCHIVE) :]
         return data
 
     def drain(self) -> None:
@@ -55,17 +69,27 @@ class _TailStream:
 
     def compressed(self) -> bool:
         """A gzip stream (its own trailer, not tar's zero blocks, ends it)."""
-        return self.head[:2] == b"\x1f\x8b"
+        return self.head[:2] == GZIP_MAGIC
 
     def __str__(self) -> str:
         return str(self.stream)
 
 
 def _command_status(stream: Any) -> int | None:
-    """The exit status of a ``pipe:`` shard's command, if it ended in failure."""
+    """The exit status of a ``pipe:`` shard's command, if it failed (after a read error).
+
+    Closes the command's output first, so that a command still writing ends (SIGPIPE, not
+    a failure).
+    """
     process = getattr(stream, "proc", None)
-    status = None if process is None else process.poll()
-    return status if status not in (None, 0, *getattr(stream, "ignore_status", ())) else None
+    if process is None:
+        return None
+    process.stdout.close()
+    try:
+        status = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    return status if status > 0 and status not in getattr(stream, "ignore_status", ()) else None
 
 
 def _after(key: str | None) -> str:
@@ -123,7 +147,7 @@ def read_shard(url: str, images: bool = True) -> Iterator[dict[str, Any]]:
             raise ValueError(
                 f"Shard {url!r} is corrupt or truncated {_after(key)}: {_message(err)}."
             ) from err
-        if not stream.compressed() and stream.tail != _END_MARKER:
+        if not stream.compressed() and stream.tail != END_OF_ARCHIVE:
             raise ValueError(
                 f"Shard {url!r} is truncated {_after(key)}: it lacks the end-of-archive "
                 "marker, so samples after it are lost. Write the shard again."

@@ -96,8 +96,10 @@ def expand_shards(value: str | list[str], argument: str) -> list[str]:
 def _check_shard(url: str, argument: str, value: object) -> list[str]:
     if not _suffix_ok(url):
         raise ValueError(
-            f"`{argument}`={value!r}: {url!r} has an unknown extension; shards end in "
-            f"{', '.join(SHARD_SUFFIXES)} (pipe: commands may end in anything)."
+            f"`{argument}`={value!r}: {url!r} has an unknown extension; give a JSONL "
+            "(.jsonl, .ndjson) or CSV (.csv) manifest, a shard index (.json), a shard list "
+            f"(.txt) or tar shards ({', '.join(SHARD_SUFFIXES)}; pipe: commands may end in "
+            "anything)."
         )
     if not is_local(url):
         return [url]

@@ -352,7 +352,8 @@ def test_model_name_sets_image_size(data):
     ("kwargs", "match"),
     [
         ({"train": "missing.jsonl"}, r"`train`=.*missing.jsonl.* does not exist"),
-        ({"train": "train.txt"}, r"`train`=.*unknown extension.*JSONL"),
+        ({"train": "train.parquet"}, r"`train`=.*unknown extension.*JSONL"),
+        ({"train": "train.txt"}, r"`train`: the shard list file .*train.txt.* does not exist"),
         ({"train": "shards/*.tar.gz"}, r"matches no file"),
         ({"train": "shards/{00000..00005}.tar"}, r"shard .*00003.tar.* does not exist"),
         ({"val": "nope.csv"}, r"`val`=.*does not exist"),
