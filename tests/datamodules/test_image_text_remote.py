@@ -4,7 +4,9 @@ streamed i.i.d. and CABS, indexed CABS (wids), 2-process DDP and mid-epoch resum
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -248,3 +250,37 @@ def test_kill_and_resume_mid_epoch_continues_exactly(uninterrupted, tmp_path, ch
     step = int(checkpoint.split("step=")[1].split(".")[0])
     resumed, resumed_weight = fit(tmp_path, data_kwargs, max_steps=7, max_epochs=-1, ckpt_path=path)
     assert resumed == seen[step:] and resumed_weight == weight
+
+
+@pytest.fixture(scope="module")
+def uneven(data, tmp_path_factory) -> list[str]:
+    """Shards of 8, 8, 8 and 5 samples."""
+    root = tmp_path_factory.mktemp("uneven")
+    with (
+        tarfile.open(data / "shards" / NAMES[0]) as source,
+        tarfile.open(root / "s.tar", "w") as out,
+    ):
+        for member in source.getmembers()[:15]:  # 5 samples of 3 members
+            out.addfile(member, source.extractfile(member))
+    return [str(data / "shards" / name) for name in NAMES[:3]] + [str(root / "s.tar")]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "num_workers", "drop_last", "world"),
+    [("iid", 0, True, 1), ("iid", 2, False, 1), ("iid", 0, False, 2), ("cabs", 2, True, 1)],
+)
+def test_streamed_loader_length_is_exact_every_epoch(
+    uneven, sampling, num_workers, drop_last, world
+):
+    dm = ImageTextDataModule(
+        uneven,
+        **{**SETTINGS, "batch_size": 3},
+        sampling=sampling,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )
+    for rank in range(world):
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        loader = dm.train_dataloader()
+        counts = [len(batches(loader)) for _ in range(3)]  # three epochs, three shard orders
+        assert counts == [len(loader)] * 3 and len(loader) > 0
