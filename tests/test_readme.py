@@ -39,6 +39,25 @@ FENCE = re.compile(r"^```(?P<lang>[\w-]*)\s*$")
 # Names a block uses without defining them, as a reader would have them at hand. Keyed by
 # one line of the block (stripped); every prelude must match a block (checked below).
 PRELUDES: dict[str, str] = {
+    # Two img2dataset shards of 3 samples each, and a transform of one's own.
+    'write_shard_index("laion/{00000..00001}.tar", "laion/index.json")  # as the command does': """
+        import io, json, os, tarfile
+        from PIL import Image
+        from torchvision.transforms.functional import to_tensor as my_transform
+
+        os.makedirs("laion", exist_ok=True)
+        for shard in range(2):
+            with tarfile.open(f"laion/{shard:05d}.tar", "w") as tar:
+                for i in range(3):
+                    png = io.BytesIO()
+                    Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(png, format="PNG")
+                    members = {"png": png.getvalue(), "txt": b"a red square",
+                               "json": json.dumps({"concepts": ["square"]}).encode()}
+                    for extension, payload in members.items():
+                        info = tarfile.TarInfo(f"{shard}{i:04d}.{extension}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+    """,
     # A datamodule of one's own: any map-style dataset.
     "sampler = CurriculumSampler(len(dataset), batch_size=64, seed=0)": """
         import torch
