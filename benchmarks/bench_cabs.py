@@ -5,8 +5,9 @@ Run from the repository root::
     python benchmarks/bench_cabs.py            # full run (a few minutes on 2 cores)
     python benchmarks/bench_cabs.py --quick    # smoke test: fewer repeats and images
     python benchmarks/bench_cabs.py --parts selection --threads 2
+    python benchmarks/bench_cabs.py --parts shards   # only part 5; the other rows are kept
 
-Three measurements, each against its anchor, in one run:
+Five measurements, each against its anchor, in one run:
 
 1. **Selection time** (``selection``). A super-batch of 5120 samples, ~Poisson(10)
    concepts each, ids drawn Zipf-like (p ~ 1/rank, ranks shuffled over a 20,000-concept
@@ -56,26 +57,57 @@ Three measurements, each against its anchor, in one run:
    and the largest count of one concept. Target: entropy and largest count no worse
    than the random fill's.
 
+5. **Delivered samples per second from tar shards** (``shards``). ``--images`` random
+   224x224 JPEGs (as in 2.) are written as ``--shards`` tar shards (default 2560 in 8;
+   quick: 640 in 4) in img2dataset layout: ``<key>.jpg``, ``<key>.txt``, ``<key>.json``
+   with ``concepts`` (ids). Every path decodes with open_clip's
+   ``image_transform(224, is_train=True)`` and collates batches of 64 in a ``DataLoader``
+   (``persistent_workers`` when workers > 0); each runs one untimed epoch, then a timed
+   one, for every ``--workers`` value, in ``--shard-rounds`` rounds over all paths (a
+   fresh loader each; default 3, quick 1): a row gives the median rate and the median of
+   the per-round ratios, since other load on a shared machine drifts. The baseline is
+   *today's reader*: the hand-written tarfile reader of commit ``a456e36``
+   (``ImageTextShards`` with its ``shard_samples``), loaded at run time by ``git show``
+   into a temporary package (its imports of each other rewritten; everything else it
+   imports is HEAD's); without git or that revision its row is skipped. Against it,
+   under HEAD's ``DecodingStream``: HEAD's ``ImageTextShards`` on webdataset, i.i.d.
+   (``shuffle=True, equalize=True``; target ratio >= 0.8x, no regression beyond noise),
+   the same over HTTP (a ``http.server`` thread on 127.0.0.1), and with
+   ``ConceptAwareStream`` (f = 0.8; delivered = kept samples, it reads 5x as many); and
+   the indexed path over wids, ``IndexedShards`` with a ``ConceptAwareBatchSampler``
+   (f = 0.8) or a ``ShuffleSampler`` (skipped while ``indexed_shards`` is not on the
+   checkout).
+
 Torch runs with ``--threads`` threads throughout (default 1, as in DataLoader workers: on
 a shared 2-core machine two threads contend and make every figure noisy). Prints a
 markdown table with ratios and the targets, and writes JSON to
-``benchmarks/results/bench_cabs.json``. Absolute times on a shared 2-core machine are
+``benchmarks/results/bench_cabs.json`` (``--output``). Parts not run this time keep
+their rows and info from the JSON already there (``runs`` says which run measured each
+part); ``--fresh`` writes only the parts run. Absolute times on a shared 2-core machine are
 noise; the ratios from one run are the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
+import importlib
+import io
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +121,7 @@ from lightning_plugins.functional.concept_lists import concept_csr
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "bench_cabs.json"
 DEMO_CONFIG = ROOT / "examples" / "configs" / "clip_shapes.yaml"
-PARTS = ("selection", "cap", "e2e", "overhead")
+PARTS = ("selection", "cap", "e2e", "overhead", "shards")
 
 SUPER_BATCH, BATCH, VOCABULARY, MEAN_CONCEPTS, CAP = 5120, 1024, 20_000, 10, 10
 TERM_UNIT = 2.0**47  # cabs_select holds every term exactly in units of 2**-47
@@ -101,6 +133,11 @@ DM_TARGET_MS, FM_TARGET_MS = 10.0, 1.0
 E2E_TARGET_RATIO, E2E_LIMIT_RATIO = 4.0, 5.0
 SHARE_TARGET = 0.02
 FILTER_RATIO, E2E_BATCH, IMAGE_SIZE, MAX_OBJECTS = 0.8, 64, 224, 32
+SHARDS_TARGET_RATIO = 0.8
+OLD_READER_REV = "a456e36"  # the last commit whose shard reader was our own tarfile code
+OLD_READER_DIR = "lightning_plugins/datamodules"
+OLD_READER_FILES = ("shard_samples", "image_text_shards")
+OLD_READER_PACKAGE = "_bench_cabs_reader_a456e36"
 
 
 @dataclass
@@ -109,6 +146,7 @@ class Row:
 
     metric: str
     unit: str
+    part: str = ""
     ours: float | None = None
     baseline: float | None = None
     baseline_name: str = ""
@@ -713,6 +751,334 @@ def measure_overhead(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any
     return [row], settings
 
 
+# ------------------------------------------------------------------------- tar shards
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: the benchmark prints its own lines."""
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=os.fspath(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def write_shards(
+    folder: Path, num_samples: int, num_shards: int, seed: int
+) -> tuple[list[str], list[int], list[list[int]]]:
+    """Random JPEGs as tar shards in img2dataset layout: ``<key>.jpg``, ``.txt``, ``.json``.
+
+    The ``.json`` holds ``key``, ``caption`` and ``concepts`` (ids). Returns the shard
+    paths, their sizes and every sample's concept ids.
+    """
+    rng = np.random.default_rng(seed)
+    concepts = zipf_concepts(num_samples, seed + 2, max_len=MAX_OBJECTS)
+    bounds = np.linspace(0, num_samples, num_shards + 1).round().astype(int).tolist()
+    shards, sizes = [], []
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        member = tarfile.TarInfo(name)
+        member.size, member.mtime, member.mode = len(data), 0, 0o644
+        tar.addfile(member, io.BytesIO(data))
+
+    for shard in range(num_shards):
+        path = folder / f"shard-{shard:05d}.tar"
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(bounds[shard], bounds[shard + 1]):
+                key = f"{shard:05d}{i - bounds[shard]:04d}"
+                caption = f"picture {i}"
+                encoded = io.BytesIO()
+                random_image(rng, IMAGE_SIZE).save(encoded, "JPEG", quality=90)
+                add(tar, f"{key}.jpg", encoded.getvalue())
+                add(tar, f"{key}.txt", caption.encode())
+                metadata = {"key": key, "caption": caption, "concepts": concepts[i]}
+                add(tar, f"{key}.json", json.dumps(metadata).encode())
+        shards.append(str(path))
+        sizes.append(bounds[shard + 1] - bounds[shard])
+    return shards, sizes, concepts
+
+
+def load_old_reader(folder: Path) -> type:
+    """``ImageTextShards`` as it was at ``OLD_READER_REV`` (its own tarfile code).
+
+    ``git show`` writes that revision's ``shard_samples.py`` and ``image_text_shards.py``
+    into a package ``OLD_READER_PACKAGE`` under ``folder``, their imports of each other
+    rewritten to load each other (everything else they import is HEAD's), and imports it
+    with ``folder`` on ``sys.path``. Nothing of the old code enters the repository.
+
+    Raises:
+        OSError, subprocess.CalledProcessError: without git or without the revision.
+    """
+    package = folder / OLD_READER_PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text(f'"""{OLD_READER_REV}\'s shard reader, from git."""\n')
+    for name in OLD_READER_FILES:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{OLD_READER_REV}:{OLD_READER_DIR}/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for other in OLD_READER_FILES:
+            source = source.replace(
+                f"from lightning_plugins.datamodules.{other} import",
+                f"from {OLD_READER_PACKAGE}.{other} import",
+            )
+        (package / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{OLD_READER_PACKAGE}.image_text_shards")
+    if module.open_shard.__module__ != f"{OLD_READER_PACKAGE}.shard_samples":
+        raise ImportError(f"{OLD_READER_REV}'s image_text_shards did not load its shard_samples")
+    return module.ImageTextShards
+
+
+def indexed_shards_class() -> tuple[type | None, str]:
+    """``IndexedShards`` if it is on this checkout, else ``None`` and why not."""
+    try:
+        from lightning_plugins.datamodules.indexed_shards import IndexedShards
+    except ModuleNotFoundError as err:
+        if err.name != "lightning_plugins.datamodules.indexed_shards":
+            raise
+        return None, "lightning_plugins.datamodules.indexed_shards is not on this checkout yet"
+    return IndexedShards, ""
+
+
+def shard_rate(loader: Any) -> tuple[int, float]:
+    """An untimed epoch, then a timed one: samples delivered and seconds."""
+    run_epoch(loader, None)  # warm-up: workers, page cache, wids' index, allocator
+    next_epoch(loader, 1)  # samplers; the iterable chains count their epochs themselves
+    return run_epoch(loader, None)
+
+
+def shard_rows(
+    paths: list[tuple[str, Callable[[int], Any] | None, str, int, str]],
+    workers: int,
+    rounds: int,
+    old_missing: str,
+) -> list[Row]:
+    """The rows of every shard path at one worker count, the first path the baseline.
+
+    Each round runs every path in turn (a fresh loader: an untimed epoch, a timed one);
+    a row's figure is the median over rounds, its ratio the median of the per-round
+    ratios to the first path (so load that drifts between rounds cancels).
+    """
+    rates: dict[int, list[float]] = {number: [] for number in range(len(paths))}
+    timings: dict[int, list[tuple[int, float]]] = {number: [] for number in range(len(paths))}
+    errors: dict[int, str] = {}
+    for round_ in range(rounds):
+        for number, (name, build, _, _, _) in enumerate(paths):
+            if build is None or number in errors:
+                continue
+            try:
+                loader = build(workers)
+                delivered, seconds = shard_rate(loader)
+                del loader  # ends its workers
+            except Exception as err:
+                errors[number] = f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+                continue
+            rates[number].append(delivered / seconds)
+            timings[number].append((delivered, seconds))
+            print(
+                f"  workers={workers} round {round_ + 1}/{rounds} {name}: "
+                f"{delivered / seconds:.1f} samples/s",
+                flush=True,
+            )
+    rows = []
+    for number, (name, build, missing, reads, target) in enumerate(paths):
+        row = Row(
+            metric=f"shards: delivered samples/s, {name}, workers={workers}",
+            unit="samples/s",
+            baseline_name=f"today's reader, workers={workers}" if number else "",
+            ratio_name="ours / today's reader" if number else "",
+            target=target,
+        )
+        rows.append(row)
+        if build is None:
+            row.status, row.note = "skipped", missing
+            continue
+        if number in errors:
+            row.status, row.note = "failed", errors[number]
+            continue
+        row.ours = statistics.median(rates[number])
+        row.details = {
+            "workers": workers,
+            "rounds": rounds,
+            "samples_per_s": rates[number],
+            "delivered_seconds": timings[number],
+            "samples_read_per_delivered": reads,
+            "read_per_s": row.ours * reads,
+        }
+        notes = []
+        if reads > 1:
+            notes.append(f"reads {reads}x what it delivers ({row.ours * reads:.0f} samples/s read)")
+        if number and len(rates[0]) == len(rates[number]) == rounds:
+            ratios = [mine / base for mine, base in zip(rates[number], rates[0], strict=True)]
+            row.baseline, row.ratio = statistics.median(rates[0]), statistics.median(ratios)
+            row.details["ratios"] = ratios
+            if target.startswith("ratio"):
+                row.holds = row.ratio >= SHARDS_TARGET_RATIO
+            notes.append("per round " + ", ".join(f"{r:.2f}x" for r in ratios))
+        elif number:
+            notes.append(f"no baseline: {old_missing or errors.get(0, 'baseline failed')}")
+        row.note = "; ".join(notes)
+        ratio = "" if row.ratio is None else f" ({row.ratio:.2f}x today's reader)"
+        print(f"  workers={workers} {name}: median {row.ours:.1f} samples/s{ratio}", flush=True)
+    return rows
+
+
+def measure_shards(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """Part 5: delivered samples/s from tar shards: the former reader, webdataset, wids."""
+    import open_clip
+
+    from lightning_plugins.datamodules.decoding_stream import DecodingStream
+    from lightning_plugins.datamodules.image_text_shards import ImageTextShards
+    from lightning_plugins.sampling import ConceptAwareBatchSampler, ShuffleSampler
+    from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
+
+    super_batch = round(E2E_BATCH / (1 - FILTER_RATIO))
+    transform = open_clip.image_transform(IMAGE_SIZE, is_train=True)
+    info: dict[str, Any] = {
+        "samples": args.images,
+        "shards": args.shards,
+        "batch": E2E_BATCH,
+        "super_batch": super_batch,
+        "old_reader": f"git show {OLD_READER_REV}:{OLD_READER_DIR}/"
+        f"{{{','.join(OLD_READER_FILES)}}}.py as package {OLD_READER_PACKAGE}",
+    }
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench_cabs_shards_") as tmp:
+        folder = Path(tmp) / "shards"
+        folder.mkdir()
+        start = time.perf_counter()
+        shards, sizes, concepts = write_shards(folder, args.images, args.shards, args.seed)
+        info["write_s"] = time.perf_counter() - start
+        info["shard_mib_mean"] = sum(Path(s).stat().st_size for s in shards) / len(shards) / 2**20
+        print(
+            f"  wrote {args.images} samples as {args.shards} shards "
+            f"({info['shard_mib_mean']:.1f} MiB each) in {info['write_s']:.1f} s",
+            flush=True,
+        )
+        old_reader, old_missing = None, ""
+        try:
+            old_reader = load_old_reader(Path(tmp))
+        except (OSError, subprocess.SubprocessError, ImportError) as err:
+            stderr = getattr(err, "stderr", None)
+            old_missing = f"{OLD_READER_REV}'s reader not loaded: {type(err).__name__}: " + (
+                stderr.strip() if stderr else str(err)
+            )
+            print(f"  {old_missing}", flush=True)
+        indexed, indexed_missing = indexed_shards_class()
+        if indexed is None:
+            print(f"  {indexed_missing}: indexed rows skipped", flush=True)
+
+        def streaming(reader_class: type, urls: list[str], cabs: bool, workers: int) -> Any:
+            reader = reader_class(
+                urls, sizes, concepts, shuffle=True, seed=args.seed, equalize=True
+            )
+            source: Any = reader
+            if cabs:
+                source = ConceptAwareStream(
+                    reader, E2E_BATCH, FILTER_RATIO, seed=args.seed, num_concepts=VOCABULARY
+                )
+            return torch.utils.data.DataLoader(
+                DecodingStream(source, transform, MAX_OBJECTS),
+                batch_size=E2E_BATCH,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
+
+        def indexed_loader(cabs: bool, workers: int) -> Any:
+            dataset = indexed(
+                shards,
+                sizes,
+                concepts,
+                transform=transform,
+                max_objects=MAX_OBJECTS,
+                cache_dir=str(Path(tmp) / "wids_cache"),
+            )
+            common = {"num_workers": workers, "persistent_workers": workers > 0}
+            if cabs:
+                sampler = ConceptAwareBatchSampler(
+                    concept_csr(concepts, VOCABULARY),
+                    E2E_BATCH,
+                    FILTER_RATIO,
+                    seed=args.seed,
+                    num_concepts=VOCABULARY,
+                )
+                return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
+            sampler = ShuffleSampler(len(dataset), seed=args.seed)
+            return torch.utils.data.DataLoader(
+                dataset, batch_size=E2E_BATCH, sampler=sampler, **common
+            )
+
+        with serve_folder(folder) as base:
+            urls = [f"{base}/{Path(s).name}" for s in shards]
+            # name, build(workers) or None, why skipped, reads per delivered sample, target
+            paths: list[tuple[str, Callable[[int], Any] | None, str, int, str]] = [
+                (
+                    f"today's reader ({OLD_READER_REV}, tarfile), iid",
+                    old_reader and (lambda w: streaming(old_reader, shards, False, w)),
+                    old_missing,
+                    1,
+                    "baseline of the rows below",
+                ),
+                (
+                    "webdataset, iid",
+                    lambda w: streaming(ImageTextShards, shards, False, w),
+                    "",
+                    1,
+                    f"ratio >= {SHARDS_TARGET_RATIO:g}x (no regression beyond noise)",
+                ),
+                (
+                    "webdataset over HTTP (127.0.0.1), iid",
+                    lambda w: streaming(ImageTextShards, urls, False, w),
+                    "",
+                    1,
+                    "none (informative)",
+                ),
+                (
+                    f"webdataset + CABS f={FILTER_RATIO}",
+                    lambda w: streaming(ImageTextShards, shards, True, w),
+                    "",
+                    super_batch // E2E_BATCH,
+                    "none (informative: reads 5x what it delivers)",
+                ),
+                (
+                    f"wids indexed + CABS f={FILTER_RATIO}",
+                    indexed and (lambda w: indexed_loader(True, w)),
+                    indexed_missing,
+                    1,
+                    "none (informative: decodes only the kept samples)",
+                ),
+                (
+                    "wids indexed, iid",
+                    indexed and (lambda w: indexed_loader(False, w)),
+                    indexed_missing,
+                    1,
+                    "none (informative)",
+                ),
+            ]
+            for workers in args.workers:
+                rows += shard_rows(paths, workers, args.shard_rounds, old_missing)
+        if old_reader is not None:
+            sys.path.remove(str(Path(tmp)))
+    return rows, info
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -740,9 +1106,11 @@ def markdown_table(rows: list[Row]) -> str:
     for r in rows:
         digits = {"samples/s": 1, "entropy": 3}.get(r.unit, 2)
         ours = fmt(r.ours, digits) if r.status == "ok" else r.status
+        baseline = fmt(r.baseline, digits) + (f" ({r.baseline_name})" if r.baseline_name else "")
+        ratio = fmt_ratio(r) + (f" ({r.ratio_name})" if r.ratio_name else "")
         lines.append(
-            f"| {r.metric} | {r.unit} | {ours} | {fmt(r.baseline, digits)} ({r.baseline_name}) "
-            f"| {fmt_ratio(r)} ({r.ratio_name}) | {r.target} | {verdict(r.holds)} |"
+            f"| {r.metric} | {r.unit} | {ours} | {baseline} "
+            f"| {ratio} | {r.target} | {verdict(r.holds)} |"
         )
     return "\n".join(lines)
 
@@ -772,30 +1140,81 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def part_of(row: dict[str, Any]) -> str:
+    """The part that measured a JSON row (rows written before rows named their part: by metric)."""
+    if row.get("part"):
+        return row["part"]
+    metric = row["metric"]
+    if metric.startswith("shards:"):
+        return "shards"
+    if metric.startswith("delivered samples/s"):
+        return "e2e"
+    if "share of a demo training step" in metric:
+        return "overhead"
+    if "normalised entropy" in metric:
+        return "cap"
+    if " selection " in metric:
+        return "selection"
+    return ""
+
+
 def write_json(path: Path, args: argparse.Namespace, rows: list[Row], info: dict) -> None:
+    """Write the results to ``path``.
+
+    Unless ``--fresh``, the rows and info of parts not run this time are kept from the
+    JSON already at ``path``; ``runs`` says which run (settings, machine, date) measured
+    each part.
+    """
+    settings = {
+        "parts": args.parts,
+        "quick": args.quick,
+        "seed": args.seed,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "repeats_ref": args.repeats_ref,
+        "images": args.images,
+        "shards": args.shards,
+        "shard_rounds": args.shard_rounds,
+        "workers": args.workers,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "sampler_batches": args.sampler_batches,
+        "filter_ratio": FILTER_RATIO,
+    }
+    machine = machine_info(args)
+    run = {"settings": settings, "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    merged_rows = [asdict(r) for r in rows]
+    merged_info, runs = dict(info), {part: run for part in args.parts}
+    old: dict[str, Any] = {}
+    if not args.fresh and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"  {path} not read ({type(err).__name__}: {err}); written afresh")
+    if old.get("benchmark") == "bench_cabs":
+        kept = [r for r in old.get("rows", []) if part_of(r) not in args.parts]
+        for row in kept:
+            row["part"] = part_of(row)
+        merged_rows += kept
+        earlier = {"settings": old.get("settings"), "machine": old.get("machine")}
+        for part, part_info in old.get("info", {}).items():
+            if part not in args.parts:
+                merged_info[part] = part_info
+                runs[part] = old.get("runs", {}).get(part, earlier)
+    order = {part: number for number, part in enumerate(PARTS)}
+    merged_info = {p: merged_info[p] for p in sorted(merged_info, key=lambda p: order.get(p, 99))}
+    merged_rows.sort(key=lambda r: order.get(r["part"], len(PARTS)))  # stable within a part
     payload = {
         "benchmark": "bench_cabs",
-        "machine": machine_info(args),
-        "settings": {
-            "parts": args.parts,
-            "quick": args.quick,
-            "seed": args.seed,
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "repeats_ref": args.repeats_ref,
-            "images": args.images,
-            "workers": args.workers,
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "sampler_batches": args.sampler_batches,
-            "filter_ratio": FILTER_RATIO,
-        },
-        "info": info,
-        "rows": [asdict(r) for r in rows],
+        "machine": machine,
+        "settings": settings,
+        "runs": {part: runs[part] for part in sorted(runs, key=lambda p: order.get(p, len(PARTS)))},
+        "info": merged_info,
+        "rows": merged_rows,
         "targets": [
-            {"metric": r.metric, "target": r.target, "holds": r.holds}
-            for r in rows
-            if r.status == "ok"
+            {"metric": r["metric"], "target": r["target"], "holds": r["holds"]}
+            for r in merged_rows
+            if r["status"] == "ok"
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -811,7 +1230,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--repeats", type=int, default=25, help="timed calls of cabs_select")
     p.add_argument("--repeats-ref", type=int, default=3, help="timed calls of the reference DM")
-    p.add_argument("--images", type=int, default=2560, help="JPEGs for the end-to-end part")
+    p.add_argument(
+        "--images", type=int, default=2560, help="JPEGs (e2e) and shard samples (shards)"
+    )
+    p.add_argument("--shards", type=int, help="tar shards of the shards part (default 8; quick: 4)")
+    p.add_argument(
+        "--shard-rounds", type=int, help="rounds over the shard paths (default 3; quick: 1)"
+    )
     p.add_argument(
         "--workers", type=int, nargs="+", help="DataLoader workers (default 0 2; quick: 0)"
     )
@@ -821,12 +1246,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 640 images")
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="write only the parts run (default: keep the other parts' rows of --output)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.repeats_ref, args.images = 5, 1, 640
         args.workers = args.workers or [0]
         args.steps, args.warmup_steps, args.sampler_batches = 3, 1, 5
+        args.shards = args.shards or 4
+        args.shard_rounds = args.shard_rounds or 1
     args.workers = args.workers or [0, 2]
+    args.shards = args.shards or 8
+    args.shard_rounds = args.shard_rounds or 3
+    if args.shards < 1 or args.shards > args.images:
+        p.error(f"--shards must be in [1, --images], got {args.shards}")
     super_batch = round(E2E_BATCH / (1 - FILTER_RATIO))
     if args.images < super_batch:
         p.error(f"--images must be at least one super-batch ({super_batch})")
@@ -849,11 +1285,14 @@ def main(argv: list[str] | None = None) -> int:
         "cap": measure_cap,
         "e2e": measure_e2e,
         "overhead": measure_overhead,
+        "shards": measure_shards,
     }
     for part in args.parts:
         print(f"\n[{part}]", flush=True)
         start = time.perf_counter()
         part_rows, part_info = measures[part](args)
+        for row in part_rows:
+            row.part = part
         rows += part_rows
         info[part] = {**part_info, "seconds": time.perf_counter() - start}
     report(rows)
