@@ -91,8 +91,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import http.server
 import importlib
 import io
 import json
@@ -103,11 +101,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -754,24 +751,13 @@ def measure_overhead(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any
 # ------------------------------------------------------------------------- tar shards
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing: the benchmark prints its own lines."""
+def serve_folder(folder: Path) -> contextlib.AbstractContextManager[str]:
+    """The test suite's HTTP server on 127.0.0.1 for ``folder`` (``tests.helpers``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.helpers import serve_folder as serve
 
-
-@contextlib.contextmanager
-def serve_folder(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=os.fspath(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    return serve(folder)
 
 
 def write_shards(

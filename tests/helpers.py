@@ -14,9 +14,11 @@ import atexit
 import contextlib
 import functools
 import http.server
+import io
 import os
 import queue
 import socket
+import tarfile
 import tempfile
 import threading
 import traceback
@@ -181,3 +183,14 @@ def serve_folder(folder: str | os.PathLike[str]) -> Iterator[str]:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Log nothing: tests read their own output."""
+
+
+def write_shard(path: str | os.PathLike[str], samples: list[tuple[str, dict[str, bytes]]]) -> Any:
+    """Write a tar shard of ``(key, {extension: payload})`` samples, members in order."""
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for extension, payload in members.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return path

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
+from lightning_plugins.datamodules.sample_layout import checked_concepts
 from lightning_plugins.functional._checks import check_int
-from lightning_plugins.functional.concept_lists import concept_csr
 
 __all__ = ["ImageTextPairs"]
 
@@ -55,19 +55,9 @@ class ImageTextPairs(Dataset):
             raise ValueError(f"Got {len(images)} images but {len(captions)} captions.")
         self.images = list(images)
         self.captions = list(captions)
-        self.concepts = None if concepts is None else concept_csr(concepts)
-        if self.concepts is not None:
-            lengths = self.concepts[1].diff()
-            if lengths.numel() != len(self.images):
-                raise ValueError(
-                    f"Got {len(self.images)} images but concepts for {lengths.numel()} samples."
-                )
-            if lengths.numel() and int(lengths.max()) > max_objects:
-                row = int(lengths.argmax())
-                raise ValueError(
-                    f"Sample {row} ({self.images[row]!r}) has {int(lengths[row])} concepts, more "
-                    f"than `max_objects`={max_objects}; raise `max_objects`."
-                )
+        self.concepts = checked_concepts(
+            concepts, len(self.images), max_objects, lambda row: f"Sample {row} ({images[row]!r})"
+        )
         self.transform = transform
         self.max_objects = max_objects
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lightning_plugins.datamodules.sample_layout import checked_concepts, shard_starts
 from lightning_plugins.datamodules.shard_samples import read_shard, sample_fields
 from lightning_plugins.distributed import get_rank, get_world_size
 from lightning_plugins.functional._checks import check_bool, check_int, check_resume_state
-from lightning_plugins.functional.concept_lists import concept_csr
 from lightning_plugins.sampling.epoch_position import EpochPosition
 
 __all__ = ["ImageTextShards"]
@@ -84,21 +84,9 @@ class ImageTextShards(IterableDataset):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if isinstance(shards, str) or not all(isinstance(path, str) for path in shards):
-            raise TypeError(f"`shards` must be a list of tar file paths, got {shards!r}.")
-        if len(shards) != len(sizes):
-            raise ValueError(f"Got {len(shards)} shards but {len(sizes)} sizes.")
+        self.sizes, self.starts = shard_starts(shards, sizes)
         self.shards = list(shards)
-        self.sizes = [check_int(size, f"sizes[{i}]", low=0) for i, size in enumerate(sizes)]
-        self.starts = [0]
-        for size in self.sizes:
-            self.starts.append(self.starts[-1] + size)
-        self.concepts = None if concepts is None else concept_csr(concepts)
-        if self.concepts is not None and self.concepts[1].numel() - 1 != self.starts[-1]:
-            raise ValueError(
-                f"`concepts` covers {self.concepts[1].numel() - 1} samples but the shards hold "
-                f"{self.starts[-1]}."
-            )
+        self.concepts = checked_concepts(concepts, self.starts[-1])
         self.shuffle = check_bool(shuffle, "shuffle")
         self.seed = check_int(seed, "seed")
         self.equalize = check_bool(equalize, "equalize")

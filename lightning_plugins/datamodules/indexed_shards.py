@@ -17,10 +17,10 @@ from torch.utils.data import Dataset
 from wids.wids_mmtar import MMIndexedTar
 
 from lightning_plugins.datamodules.sample_decoding import Transform, decode_sample
+from lightning_plugins.datamodules.sample_layout import checked_concepts, shard_starts
 from lightning_plugins.datamodules.shard_cache import ShardCache
 from lightning_plugins.datamodules.shard_samples import sample_fields
 from lightning_plugins.functional._checks import check_int
-from lightning_plugins.functional.concept_lists import concept_csr
 
 __all__ = ["IndexedShards", "webdataset_sample"]
 
@@ -159,8 +159,7 @@ class IndexedShards(Dataset):
         cache_dir: str | os.PathLike[str] | None = None,
         lru_size: int = 10,
     ) -> None:
-        if isinstance(shards, str) or not all(isinstance(url, str) for url in shards):
-            raise TypeError(f"`shards` must be a list of shard paths or URLs, got {shards!r}.")
+        self.sizes, self.starts = shard_starts(shards, sizes)
         if not shards:
             raise ValueError("`shards` must name at least one shard, got none.")
         for i, url in enumerate(shards):
@@ -171,30 +170,16 @@ class IndexedShards(Dataset):
                     f"`shards[{i}]`={url!r}: indexed access memory-maps the shards; .tar.gz "
                     "cannot be: unpack them or use the streaming path (ImageTextShards)."
                 )
-        if len(shards) != len(sizes):
-            raise ValueError(f"Got {len(shards)} shards but {len(sizes)} sizes.")
         max_objects = check_int(max_objects, "max_objects", low=1)
         if not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
         self.shards = list(shards)
-        self.sizes = [check_int(size, f"sizes[{i}]", low=0) for i, size in enumerate(sizes)]
-        self.starts = [0]
-        for size in self.sizes:
-            self.starts.append(self.starts[-1] + size)
-        self.concepts = None if concepts is None else concept_csr(concepts)
-        if self.concepts is not None:
-            lengths = self.concepts[1].diff()
-            if lengths.numel() != len(self):
-                raise ValueError(
-                    f"`concepts` covers {lengths.numel()} samples but the shards hold {len(self)}."
-                )
-            if lengths.numel() and int(lengths.max()) > max_objects:
-                row = int(lengths.argmax())
-                raise ValueError(
-                    f"Sample {row} (of shard {self.shards[self.shard_of(row)]!r}) has "
-                    f"{int(lengths[row])} concepts, more than `max_objects`={max_objects}; "
-                    "raise `max_objects`."
-                )
+        self.concepts = checked_concepts(
+            concepts,
+            self.starts[-1],
+            max_objects,
+            lambda row: f"Sample {row} (of shard {self.shards[self.shard_of(row)]!r})",
+        )
         self.transform = transform
         self.max_objects = max_objects
         self.cache_dir = ShardCache(cache_dir).cache_dir

@@ -19,6 +19,7 @@ from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.datamodules.manifest import read_manifest
 from lightning_plugins.datamodules.sample_decoding import decode_sample
 from lightning_plugins.datamodules.shard_samples import scan_shards
+from tests.helpers import write_shard
 
 N = 10
 
@@ -34,15 +35,6 @@ def noise_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for extension, payload in members.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
 
 
 def shard_sample(i: int, concepts=None, image: bytes | None = None) -> tuple[str, dict]:
@@ -169,7 +161,7 @@ def _transform(image):
         (
             lambda d: ImageTextShards([str(d / "0.tar")], [2], [[0]]),
             ValueError,
-            r"`concepts` covers 1 samples but the shards hold 2",
+            r"`concepts` covers 1 samples but the data holds 2",
         ),
         (lambda d: ImageTextPairs(["a"], [], None, _transform), ValueError, r"1 images but 0"),
         (

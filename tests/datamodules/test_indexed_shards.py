@@ -17,7 +17,7 @@ from lightning_plugins.datamodules import sample_decoding, shard_cache
 from lightning_plugins.datamodules.indexed_shards import IndexedShards
 from lightning_plugins.datamodules.shard_cache import ShardCache
 from lightning_plugins.sampling import ConceptAwareBatchSampler
-from tests.helpers import serve_folder
+from tests.helpers import serve_folder, write_shard
 
 SIZES = [4, 3, 5]
 N = sum(SIZES)
@@ -31,16 +31,6 @@ def png(i: int) -> bytes:
 
 def concepts_of(i: int) -> list[int]:
     return [i % 3] * (1 + i % 2) if i % 5 else []
-
-
-def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for extension, payload in members.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    return path
 
 
 def sample(i: int) -> tuple[str, dict[str, bytes]]:
