@@ -8,7 +8,7 @@ from collections import Counter
 from lightning_plugins.datamodules.concept_annotations import Concept
 from lightning_plugins.models import resolve_path
 
-__all__ = ["concept_ids", "read_vocabulary"]
+__all__ = ["ConceptLookup", "concept_ids", "read_vocabulary"]
 
 
 def read_vocabulary(value: str | list[str], argument: str = "concept_vocabulary") -> list[str]:
@@ -55,24 +55,52 @@ def concept_ids(
             return [str(i) for i in range(size)], [list(row) for row in concepts]
         counts = Counter(c for row in concepts for c in row)
         vocabulary = sorted(counts, key=lambda name: (-counts[name], name))
-    lookup = {name: i for i, name in enumerate(vocabulary)}
-    ids = []
-    for row, where in zip(concepts, places, strict=True):
+    lookup = ConceptLookup(vocabulary)
+    return list(vocabulary), [
+        lookup.ids(row, where) for row, where in zip(concepts, places, strict=True)
+    ]
+
+
+class ConceptLookup:
+    """Concept ids of annotated names (or ids) in a fixed vocabulary.
+
+    Args:
+        vocabulary: the concept names; a name's id is its position.
+
+    Example:
+        >>> lookup = ConceptLookup(["dog", "cat"])
+        >>> lookup.ids(["cat", "dog", "cat"], "sample 0"), lookup.ids([1], "sample 1")
+        ([1, 0, 1], [1])
+        >>> lookup.ids(["cow"], "sample 2")
+        Traceback (most recent call last):
+        ...
+        ValueError: sample 2: unknown concept 'cow', not in the `concept_vocabulary` of 2 names.
+    """
+
+    def __init__(self, vocabulary: list[str]) -> None:
+        self.size = len(vocabulary)
+        self.lookup = {name: i for i, name in enumerate(vocabulary)}
+
+    def ids(self, row: list[Concept], where: str) -> list[int]:
+        """The ids of one sample's concepts (names looked up, integer ids checked).
+
+        Raises:
+            ValueError: naming ``where``, for an unknown name or an id outside the vocabulary.
+        """
         row_ids = []
         for concept in row:
             if isinstance(concept, int):
-                if concept >= len(vocabulary):
+                if concept >= self.size:
                     raise ValueError(
                         f"{where}: concept id {concept} is outside the `concept_vocabulary` of "
-                        f"{len(vocabulary)} names."
+                        f"{self.size} names."
                     )
                 row_ids.append(concept)
-            elif concept in lookup:
-                row_ids.append(lookup[concept])
+            elif concept in self.lookup:
+                row_ids.append(self.lookup[concept])
             else:
                 raise ValueError(
                     f"{where}: unknown concept {concept!r}, not in the `concept_vocabulary` of "
-                    f"{len(vocabulary)} names."
+                    f"{self.size} names."
                 )
-        ids.append(row_ids)
-    return list(vocabulary), ids
+        return row_ids

@@ -119,7 +119,10 @@ class ImageTextDataModule(CheckedResume):
     (``[num_concepts]`` int64 occurrences in the training set). For shards without an
     index (or an index without concepts), ``setup`` reads every shard once, keeping only
     the ``.txt`` and ``.json`` members (no image is decoded), to count samples and
-    concepts.
+    concepts. Streamed shards with an index without concepts and a
+    ``concept_vocabulary`` need no such pass: each sample's concepts are read from its
+    ``.json`` as it streams by, before CABS chooses (an unknown name stops training with
+    an error naming the sample), and ``concept_frequencies`` is ``None``.
 
     **Zero-shot evaluation.** ``zero_shot_val`` names labelled images: a JSONL / CSV
     manifest with ``image`` and ``label`` (a class name, or an integer id into
@@ -419,9 +422,14 @@ class ImageTextDataModule(CheckedResume):
                 split.paths[0], self.concepts_key, "train"
             )
         else:
-            raw, places = _read_shards(split, self.concepts_key, "train")
+            # a stream with a vocabulary can read the concepts as the samples go by
+            streamed = self.vocabulary is not None and self.shard_access == "stream"
+            raw, places = _read_shards(split, self.concepts_key, "train", streamed)
             if sum(split.sizes) == 0:
                 raise ValueError(f"`train`={self.train!r}: the shards hold no samples.")
+            if raw is None:
+                self._concepts_while_streaming()
+                return
         names, ids = concept_ids(raw, places, self.vocabulary)
         for row, where in zip(ids, places, strict=True):
             if len(row) > self.max_objects:
@@ -464,6 +472,19 @@ class ImageTextDataModule(CheckedResume):
                 cache_dir=self.cache_dir,
             )
         split.ready = True
+
+    def _concepts_while_streaming(self) -> None:
+        """Setup without the concepts of the set: the stream reads them with the samples."""
+        names = list(self.vocabulary)
+        if self.cabs["targets"] is not None:
+            check_length(
+                self.cabs["targets"], "cabs_targets", len(names), "concept of the vocabulary"
+            )
+        self.concept_names = names
+        self.num_concepts = len(names)
+        self.concept_frequencies = None
+        self._train.concepts = None
+        self._train.ready = True
 
     def _setup_val(self) -> None:
         split = self._val
@@ -525,8 +546,15 @@ class ImageTextDataModule(CheckedResume):
             batch_sampler = ConceptAwareBatchSampler(split.concepts, **cabs)
             return stateful_loader(split.dataset, batch_sampler=batch_sampler, **workers)
         drop_last = self.drop_last and self.sampling == "iid"  # CABS: whole batches only
+        streamed = {"concepts_key": self.concepts_key, "vocabulary": self.concept_names}
         source, batches = _shard_stream(
-            split, self.sampling, cabs, *self._world(), self.num_workers, drop_last
+            split,
+            self.sampling,
+            cabs,
+            *self._world(),
+            self.num_workers,
+            drop_last,
+            streamed if split.concepts is None else {},
         )
         dataset = DecodingStream(source, self.transforms["train"], self.max_objects)
         return stateful_loader(
@@ -592,12 +620,14 @@ class ImageTextDataModule(CheckedResume):
 
 
 def _read_shards(
-    split: _Split, concepts_key: str | None, argument: str
-) -> tuple[list[list[Concept]], list[str]]:
+    split: _Split, concepts_key: str | None, argument: str, streamed: bool = False
+) -> tuple[list[list[Concept]] | None, list[str] | None]:
     """Fill ``split.paths`` / ``sizes`` from its index or a scan; concept lists and places.
 
     A scan reads every shard once (``.txt`` / ``.json`` members only); it is skipped when
-    an index gives the sizes and, with ``concepts_key``, the concepts under that key.
+    an index gives the sizes and, with ``concepts_key``, the concepts under that key, or
+    gives the sizes only and ``streamed`` allows the stream to read the concepts (then
+    ``(None, None)`` is returned).
 
     Raises:
         ValueError: for an index whose concepts were read under another key.
@@ -615,9 +645,12 @@ def _read_shards(
                     "index with that key, or set `concepts_key` to the index's."
                 )
             return index.concepts, index.places
+        if streamed:
+            return None, None
         rank_zero_info(
             f"The shard index of `{argument}` has no concepts: reading them from all "
-            f"{len(index.urls)} shards (write the index with concepts to skip this)."
+            f"{len(index.urls)} shards (write the index with concepts, or give a "
+            "`concept_vocabulary` to a stream, to skip this)."
         )
     split.sizes, raw, places = scan_shards(split.paths, concepts_key)
     return raw, places
@@ -631,6 +664,7 @@ def _shard_stream(
     rank: int,
     num_workers: int,
     drop_last: bool,
+    streamed: dict[str, Any],
 ) -> tuple[Iterable[dict[str, Any]], int]:
     """This rank's undecoded training samples (the reader, or CABS on it) and batch count.
 
@@ -654,6 +688,7 @@ def _shard_stream(
         equalize=True,
         num_replicas=num_replicas,
         rank=rank,
+        **streamed,
     )
     share = reader.consumer_samples(per_rank)
     size = cabs["batch_size"]

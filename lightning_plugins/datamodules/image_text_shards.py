@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lightning_plugins.datamodules.concept_annotations import parse_concepts
+from lightning_plugins.datamodules.concept_vocabulary import ConceptLookup
 from lightning_plugins.datamodules.sample_layout import checked_concepts, shard_starts
 from lightning_plugins.datamodules.shard_samples import read_shard, sample_fields
 from lightning_plugins.distributed import get_rank, get_world_size
@@ -26,7 +28,10 @@ class ImageTextShards(IterableDataset):
     ``caption``, ``index`` (int: the sample's position in all shards, from ``sizes``),
     ``__key__`` and ``__url__`` (the sample's key and shard path, as in webdataset; error
     messages name them) and, when ``concepts`` is given, ``concepts`` (a list of concept
-    ids, looked up by index). A shard that cannot be read (corrupt or truncated tar)
+    ids, looked up by index); with ``concepts_key`` and ``vocabulary`` instead, the ids of
+    the names (or ids) under ``concepts_key`` in the sample's ``.json``, read as the sample
+    streams by (so no pass over the data is needed first; an unknown name is an error
+    naming the sample). A shard that cannot be read (corrupt or truncated tar)
     raises a ``ValueError`` naming the shard and the last sample read.
     Images are not decoded here, so a selection step (such as
     :class:`~lightning_plugins.sampling.concept_aware_stream.ConceptAwareStream`) can run
@@ -56,7 +61,11 @@ class ImageTextShards(IterableDataset):
         shards: tar file paths.
         sizes: number of samples of each shard.
         concepts: concept ids of every sample across all shards (lists, or CSR
-            ``(ids, offsets)`` tensors), or ``None`` for no ``concepts`` key.
+            ``(ids, offsets)`` tensors), or ``None``.
+        concepts_key: without ``concepts``: the ``.json`` key of each sample's concepts,
+            read while streaming; ``None`` (and no ``concepts``) for no ``concepts`` key.
+        vocabulary: the concept names that ``concepts_key`` ids refer to (required with
+            ``concepts_key``).
         shuffle: draw a new shard order every epoch.
         seed: seed of the shard order.
         equalize: cut every consumer to :meth:`consumer_samples` samples.
@@ -68,9 +77,10 @@ class ImageTextShards(IterableDataset):
         TypeError: for ``shards`` that are not paths, a size, ``seed``, ``num_replicas``
             or ``rank`` that is not an integer, ``shuffle`` / ``equalize`` that are not
             bools, or a concept id that is not an integer.
-        ValueError: for ``sizes`` or ``concepts`` that do not match the shards, a bad
+        ValueError: for ``sizes`` or ``concepts`` that do not match the shards, both
+            ``concepts`` and ``concepts_key``, ``concepts_key`` without ``vocabulary``, a bad
             ``rank``, or (when iterating with ``equalize``) fewer shards than ranks x
-            workers; when iterating, for a corrupt or truncated shard.
+            workers; when iterating, for a corrupt or truncated shard or an unknown concept.
     """
 
     def __init__(
@@ -83,10 +93,19 @@ class ImageTextShards(IterableDataset):
         equalize: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        concepts_key: str | None = None,
+        vocabulary: list[str] | None = None,
     ) -> None:
         self.sizes, self.starts = shard_starts(shards, sizes)
         self.shards = list(shards)
         self.concepts = checked_concepts(concepts, self.starts[-1])
+        if concepts_key is not None and (concepts is not None or vocabulary is None):
+            raise ValueError(
+                "`concepts_key` reads each sample's concepts from its .json while streaming: "
+                "give it with a `vocabulary` and without `concepts` (ids known beforehand)."
+            )
+        self.concepts_key = concepts_key
+        self.lookup = None if vocabulary is None else ConceptLookup(list(vocabulary))
         self.shuffle = check_bool(shuffle, "shuffle")
         self.seed = check_int(seed, "seed")
         self.equalize = check_bool(equalize, "equalize")
@@ -171,7 +190,7 @@ class ImageTextShards(IterableDataset):
                             f"counted for it (sample {raw['__key__']!r}); it changed since "
                             "its samples were counted (or the shard index is stale)."
                         )
-                    image, caption, _ = sample_fields(raw)
+                    image, caption, metadata = sample_fields(raw)
                     index = self.starts[shard] + position
                     sample: dict[str, Any] = {
                         "image_bytes": image,
@@ -183,6 +202,8 @@ class ImageTextShards(IterableDataset):
                     if self.concepts is not None:
                         ids, offsets = self.concepts
                         sample["concepts"] = ids[offsets[index] : offsets[index + 1]].tolist()
+                    elif self.concepts_key is not None:
+                        sample["concepts"] = self._read_concepts(metadata, raw["__key__"], url)
                     self.position.advance()
                     yield sample
             finally:
@@ -194,6 +215,11 @@ class ImageTextShards(IterableDataset):
                     "counted (or the shard index is stale)."
                 )
             skip = 0
+
+    def _read_concepts(self, metadata: dict[str, Any], key: str, url: str) -> list[int]:
+        where = f"sample {key!r} of shard {url!r}"
+        names = parse_concepts(metadata.get(self.concepts_key), where, self.concepts_key)
+        return self.lookup.ids(names, where)
 
     def config(self) -> dict[str, Any]:
         """The settings a saved position depends on (primitives)."""

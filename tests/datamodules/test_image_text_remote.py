@@ -3,6 +3,7 @@ streamed i.i.d. and CABS, indexed CABS (wids), 2-process DDP and mid-epoch resum
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,12 +14,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_plugins.datamodules import ImageTextDataModule, sample_decoding
+from lightning_plugins.datamodules import ImageTextDataModule, image_text, sample_decoding
 from lightning_plugins.datamodules.image_text_shards import ImageTextShards
 from lightning_plugins.datamodules.shard_index import write_shard_index
 from lightning_plugins.sampling import ConceptAwareBatchSampler
 from lightning_plugins.sampling.concept_aware_stream import ConceptAwareStream
-from tests.datamodules.test_image_text import N, caption_of, write_data
+from tests.datamodules.test_image_text import N, caption_of, concepts_of, write_data
 from tests.helpers import free_port, join_lightning, run_ddp, serve_folder
 
 
@@ -48,7 +49,7 @@ def base(folder):
 
 
 def caption(index: int) -> str:
-    return caption_of(index % N if index < N else index - N)
+    return caption_of(index % N)
 
 
 def train(kind: str, folder: Path, base: str) -> str | list[str]:
@@ -284,3 +285,45 @@ def test_streamed_loader_length_is_exact_every_epoch(
         loader = dm.train_dataloader()
         counts = [len(batches(loader)) for _ in range(3)]  # three epochs, three shard orders
         assert counts == [len(loader)] * 3 and len(loader) > 0
+
+
+def test_stream_reads_concepts_from_the_json_with_a_counts_only_index(
+    folder, base, tmp_path, monkeypatch
+):
+    """A wids index without concepts and a vocabulary: setup reads no shard; the stream
+    reads each sample's concepts from its .json, and CABS picks what it picks with them."""
+    description = json.loads((folder / "index.json").read_text())
+    for entry in description["shardlist"]:
+        del entry["concepts"]
+    del description["concepts_key"]
+    (folder / "counts.json").write_text(json.dumps(description))
+    monkeypatch.setattr(image_text, "scan_shards", None)  # setup must not scan
+    vocabulary = ["dog", "cat", "ball", "tree", "car", "boat"]
+    dm = module(f"{base}/counts.json", sampling="cabs", concept_vocabulary=vocabulary)
+    assert dm.concept_frequencies is None and dm.num_concepts == 6
+    got = batches(dm.train_dataloader())
+    known = module(str(folder / "index.json"), sampling="cabs", concept_vocabulary=vocabulary)
+    assert got == batches(known.train_dataloader()) and len(got) == 4
+    for batch in dm.train_dataloader():
+        for row, index in zip(batch["concepts"], batch["index"].tolist(), strict=True):
+            names = concepts_of(index % N)
+            assert row.tolist() == [vocabulary.index(n) for n in names] + [-1] * (4 - len(names))
+
+
+def test_stream_names_a_sample_whose_concept_is_not_in_the_vocabulary(folder, monkeypatch):
+    description = json.loads((folder / "index.json").read_text())
+    for entry in description["shardlist"]:
+        del entry["concepts"]
+    del description["concepts_key"]
+    (folder / "counts_only.json").write_text(json.dumps(description))
+    dm = module(str(folder / "counts_only.json"), concept_vocabulary=["dog", "cat"])
+    with pytest.raises(ValueError, match=r"sample '\d+' of shard '.*\.tar': unknown concept"):
+        batches(dm.train_dataloader())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"concepts_key": "concepts"}, {"concepts_key": "c", "concepts": [[0]] * 8}]
+)
+def test_reading_concepts_while_streaming_needs_a_vocabulary_and_no_concepts(folder, kwargs):
+    with pytest.raises(ValueError, match=r"give it with a `vocabulary` and without `concepts`"):
+        ImageTextShards([str(folder / NAMES[0])], [8], vocabulary=None, **kwargs)
