@@ -226,15 +226,24 @@ def test_two_ddp_ranks_get_equal_batch_counts_and_disjoint_samples(
             assert seen[rank] == list(reference)
 
 
-@pytest.fixture(scope="module", params=[("iid", "stream"), ("cabs", "stream"), ("cabs", "indexed")])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("iid", "stream", 0),
+        ("cabs", "stream", 0),
+        ("cabs", "stream", 2),
+        ("cabs", "indexed", 0),
+    ],
+)
 def uninterrupted(request, folder, base, tmp_path_factory):
     """7 steps over 2 epochs that save every 3, over HTTP; the batches and the weight."""
-    sampling, access = request.param
+    sampling, access, num_workers = request.param
     root = tmp_path_factory.mktemp(f"{sampling}_{access}")
     data_kwargs = {
         "train": f"{base}/{{00000..00001}}.tar",
         "sampling": sampling,
         "shard_access": access,
+        "num_workers": num_workers,
         "cache_dir": str(root / "cache"),
         **SETTINGS,
     }
