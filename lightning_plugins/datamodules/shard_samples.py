@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterator
+from http.client import HTTPException
 from typing import Any, BinaryIO
 
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
@@ -35,8 +36,9 @@ __all__ = [
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 """Image members of a shard sample, in order of preference."""
 
-_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
-"""What reading a corrupt or truncated shard raises (``zlib.error``: a broken .tar.gz)."""
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, HTTPException)
+"""What reading a corrupt or truncated shard raises (``zlib.error``: a broken .tar.gz;
+``HTTPException``: e.g. an HTTP response cut short)."""
 
 END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
 """The last 1024 bytes of every complete uncompressed tar (two zero blocks)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,38 @@ def test_index_without_concepts_is_a_wids_index(tmp_path):
     index = write_shard_index([str(tmp_path / "0.tar")], str(tmp_path / "i.json"), None)
     assert index.concepts is None and index.sizes == [1]
     assert "concepts_key" not in json.loads((tmp_path / "i.json").read_text())
+
+
+class _CutShort(http.server.BaseHTTPRequestHandler):
+    """Announces the whole shard, sends half of it, and closes the connection."""
+
+    payload = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload[: len(self.payload) // 2])
+        self.close_connection = True
+
+    def log_message(self, format, *args) -> None:
+        """Log nothing."""
+
+
+def test_http_response_cut_short_names_the_shard(data):
+    handler = type(
+        "Handler", (_CutShort,), {"payload": (data / "shards" / "00000.tar").read_bytes()}
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/0.tar"
+    try:
+        with pytest.raises(
+            ValueError, match=r"Shard 'http://.*/0.tar' is corrupt or truncated after"
+        ):
+            list(read_shard(url))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
