@@ -23,6 +23,7 @@ def resolve_source(value: str | list[str], argument: str) -> tuple[str, list[str
     resolved.
 
     Raises:
+        TypeError: for a value that is neither a string nor a list of strings.
         ValueError: naming ``argument`` and the value, for a missing local manifest or
             index, or shards that :func:`expand_shards` refuses.
     """
@@ -45,7 +46,7 @@ def resolve_source(value: str | list[str], argument: str) -> tuple[str, list[str
     if isinstance(value, (list, tuple)):
         items = [resolve_path(v) if isinstance(v, str) else v for v in value]
         return "shards", expand_shards(items, argument)
-    raise ValueError(
+    raise TypeError(
         f"`{argument}`={value!r} must be a JSONL / CSV manifest, a shard index (.json), or "
         "tar shards (a path or URL, a brace pattern, a glob, a list file, or a list of them)."
     )

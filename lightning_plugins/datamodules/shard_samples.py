@@ -66,8 +66,10 @@ class _TailStream:
         return data
 
     def drain(self) -> None:
-        while self.read(1 << 16):
-            pass
+        """Read to the end, so that ``tail`` holds the stream's last bytes."""
+        data = self.read(1 << 16)
+        while data:
+            data = self.read(1 << 16)
 
     def compressed(self) -> bool:
         """A gzip stream (its own trailer, not tar's zero blocks, ends it)."""

@@ -60,6 +60,7 @@ def expand_shards(value: str | list[str], argument: str) -> list[str]:
     shards, one per line (relative paths from the file's folder; ``#`` starts a comment).
 
     Raises:
+        TypeError: naming ``argument``, for a value that is not a string or a list of them.
         ValueError: naming ``argument`` and the value: for something that is not a shard
             (unknown extension), a local shard that does not exist, a glob that matches
             nothing, or no shard at all. Remote URLs are not checked here; a shard that
@@ -72,15 +73,14 @@ def expand_shards(value: str | list[str], argument: str) -> list[str]:
         ['pipe:aws s3 cp s3://bucket/a.tar -', 'pipe:aws s3 cp s3://bucket/b.tar -']
     """
     items = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(items, (list, tuple))
-        or not items
-        or not all(isinstance(item, str) and item for item in items)
-    ):
-        raise ValueError(
-            f"`{argument}`={value!r} must be a shard path or URL, a brace pattern, a glob, a "
-            "shard list file (.txt), or a list of them."
-        )
+    allowed = (
+        "a shard path or URL, a brace pattern, a glob, a shard list file (.txt), or a "
+        "non-empty list of them"
+    )
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise TypeError(f"`{argument}`={value!r} must be {allowed}.")
+    if not items or not all(items):
+        raise ValueError(f"`{argument}`={value!r} must be {allowed}.")
     shards: list[str] = []
     for item in items:
         if is_local(item) and local_path(item).lower().endswith((".txt", ".shards")):

@@ -77,13 +77,19 @@ def test_expand_shards_remote_patterns_are_not_checked():
         ("nope/*.tar", r"'nope/\*.tar' matches no file"),
         ("https://h/a.zip", r"'https://h/a.zip' has an unknown extension"),
         ([], r"must be a shard path or URL"),
-        (["a.tar", 3], r"must be a shard path or URL"),
+        ([""], r"must be a shard path or URL"),
         ("missing.txt", r"the shard list file 'missing.txt' does not exist"),
     ],
 )
 def test_expand_shards_refuses_bad_values(value, message):
     with pytest.raises(ValueError, match=message):
         expand_shards(value, "train")
+
+
+@pytest.mark.parametrize("value", [3, ["a.tar", 3], None])
+def test_sources_of_a_wrong_type_are_type_errors(value):
+    with pytest.raises(TypeError, match=r"`train`=.* must be"):
+        resolve_source(value, "train")
 
 
 def test_resolve_source_tells_manifests_indexes_and_shards(data):
