@@ -221,8 +221,9 @@ class ImageTextDataModule(CheckedResume):
     Raises:
         TypeError: at construction for a size, ``num_workers`` or ``seed`` that is not an
             integer, a ``drop_last`` that is not a bool, a ``train`` / ``val`` that is not
-            a string or a list of strings, or a ``cache_dir`` that is not a path; at :meth:`setup` for a concept
-            id that is not an integer (``1.5`` is never truncated).
+            a string or a list of strings, or a ``cache_dir`` that is not a path; at
+            :meth:`setup` for a concept id that is not an integer (``1.5`` is never
+            truncated).
         ValueError: at construction for a bad argument (missing file, unknown extension,
             unknown ``sampling`` / ``cabs_variant`` / ``model_name`` / ``shard_access``,
             ``"indexed"`` with a manifest or ``.tar.gz`` shards, ``filter_ratio``
